@@ -1,0 +1,58 @@
+"""The ``facemogle`` command line.
+
+Each sub-command lives in its own module of this package and exposes ``add_parser(subparsers)``,
+which registers an ``argparse`` parser whose ``func`` default runs the command. This module only
+collects them and turns user errors into one-line messages with a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from facemogle import __version__
+from facemogle.errors import FaceMoGLEError
+
+# Sub-command modules, in the order `facemogle --help` lists them.
+COMMAND_MODULES = [
+    "facemogle.cli.mask",
+]
+
+EXIT_USER_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facemogle",
+        description="Face-MoGLE: controllable face generation from masks and text.",
+    )
+    parser.add_argument("--version", action="version", version=f"facemogle {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        result = args.func(args)
+    except FaceMoGLEError as err:
+        print(f"facemogle {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        print(f"facemogle {args.command}: error: {err.strerror}: {err.filename}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"facemogle {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Shared test fixtures: paths into ../shared, skipped with a reason when it is absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+
+
+def _shared_path(relative: str) -> Path:
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"needs ../shared/{relative} (the project's shared data), which is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """../shared/data/fixtures: small masks and photos in the formats users have."""
+    return _shared_path("data/fixtures")
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    """../shared/golden: tensors computed by the reference implementation on tiny models."""
+    return _shared_path("golden")
+
+
+@pytest.fixture(scope="session")
+def mini_dataset_dir() -> Path:
+    """../shared/data/celebamask-hq-mini: 900 image/mask pairs."""
+    return _shared_path("data/celebamask-hq-mini")
