@@ -1,0 +1,88 @@
+"""Rectified flow: timestep sampling, noisy latents, velocity target and loss (METHOD.md section 5).
+
+Model-agnostic: the functions take plain tensors of any shape ``(B, ...)``::
+
+    t      = sample_timesteps(B)                 # (B,) sigmoid(randn), in (0, 1)
+    x_t    = noisy_latents(x_0, noise, t)        # (1 - t) x_0 + t noise
+    target = velocity_target(x_0, noise)         # noise - x_0
+    loss   = RectifiedFlowLoss()(pred, target)   # mean squared error
+
+t = 0 is the clean latent and t = 1 pure noise; the transformer sees ``1000 t`` and MoGLE sees
+``t`` itself (facemogle.mogle).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from facemogle.errors import InputError
+
+
+def sample_timesteps(
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Logit-normal timesteps ``sigmoid(randn)``: (batch_size,) in (0, 1), mass around 0.5.
+
+    ``generator`` (if given) must live on ``device``; the same seed gives the same timesteps.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    return torch.sigmoid(torch.randn(batch_size, generator=generator, device=device, dtype=dtype))
+
+
+def _broadcast_timestep(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) or (1,) -> (B, 1, ..., 1) with ``like.ndim`` dimensions."""
+    t = torch.as_tensor(t, device=like.device).reshape(-1)
+    if t.numel() not in (1, like.shape[0]):
+        raise InputError(f"{t.numel()} timesteps for a batch of {like.shape[0]}")
+    return t.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def noisy_latents(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``x_t = (1 - t) x0 + t noise``.
+
+    Args:
+        x0: (B, ...) clean latents (e.g. packed tokens (B, N, D)).
+        noise: same shape as ``x0``, standard normal.
+        t: (B,) or (1,) in [0, 1], broadcast over the other dimensions.
+
+    Returns:
+        (B, ...) noisy latents, in ``x0``'s dtype.
+    """
+    if x0.shape != noise.shape:
+        raise InputError(f"x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} differ in shape")
+    t = _broadcast_timestep(t, x0).to(x0.dtype)  # (B, 1, ..., 1)
+    return (1 - t) * x0 + t * noise
+
+
+def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The velocity the model predicts, ``d x_t / d t = noise - x0``: (B, ...)."""
+    if x0.shape != noise.shape:
+        raise InputError(f"x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} differ in shape")
+    return noise - x0
+
+
+class RectifiedFlowLoss(nn.Module):
+    """Mean squared error between predicted and target velocity, computed in float32.
+
+    ``forward(pred, target)`` -> scalar mean over all elements (the official loss).
+    With ``return_per_sample=True`` also returns the (B,) per-sample means, e.g. to log the loss
+    per timestep bucket; their mean equals the scalar loss.
+    """
+
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, return_per_sample: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if pred.shape != target.shape:
+            raise InputError(
+                f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape"
+            )
+        squared_error = (pred.float() - target.float()).square()  # (B, ...)
+        loss = squared_error.mean()
+        if return_per_sample:
+            return loss, squared_error.flatten(start_dim=1).mean(dim=1)  # (), (B,)
+        return loss

@@ -1,0 +1,92 @@
+"""Rectified flow: Golden B numbers (x_t, target, loss) and the sampling / loss contracts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from facemogle.errors import InputError
+from facemogle.flow import RectifiedFlowLoss, noisy_latents, sample_timesteps, velocity_target
+
+GOLDEN_B_LOSS = 1.3515936  # GOLDEN.md, Golden B step 7
+
+
+@pytest.fixture(scope="module")
+def golden_b(golden_dir):
+    return load_file(golden_dir / "golden_B_train_forward.safetensors")
+
+
+def test_golden_b_noisy_latents_target_and_loss(golden_b):
+    x_t = noisy_latents(golden_b["x_0"], golden_b["noise"], golden_b["t"])
+    target = velocity_target(golden_b["x_0"], golden_b["noise"])
+    loss = RectifiedFlowLoss()(golden_b["pred"], golden_b["target"])
+    assert torch.allclose(x_t, golden_b["x_t"], atol=1e-6, rtol=0)
+    assert torch.allclose(target, golden_b["target"], atol=1e-6, rtol=0)
+    assert loss.shape == ()
+    assert abs(loss.item() - golden_b["loss"].item()) < 1e-6
+    assert abs(loss.item() - GOLDEN_B_LOSS) < 1e-6
+
+
+def test_per_sample_loss_averages_to_the_loss(golden_b):
+    loss, per_sample = RectifiedFlowLoss()(golden_b["pred"], golden_b["target"], return_per_sample=True)
+    assert per_sample.shape == (2,)
+    assert torch.allclose(per_sample.mean(), loss, atol=1e-6)
+    expected_first = (golden_b["pred"][0] - golden_b["target"][0]).square().mean()
+    assert torch.allclose(per_sample[0], expected_first, atol=1e-6)
+    assert per_sample[0] != per_sample[1]
+
+
+def test_sample_timesteps_are_logit_normal_and_seeded():
+    t = sample_timesteps(4096, generator=torch.Generator().manual_seed(0))
+    assert t.shape == (4096,) and t.dtype == torch.float32
+    assert bool(((t > 0) & (t < 1)).all())
+    assert abs(t.mean().item() - 0.5) < 0.02  # symmetric around 0.5
+    assert abs(t.median().item() - 0.5) < 0.02
+    # logit-normal(0, 1): logit(t) is standard normal
+    logits = torch.logit(t.double())
+    assert abs(logits.std().item() - 1.0) < 0.05
+    again = sample_timesteps(4096, generator=torch.Generator().manual_seed(0))
+    other = sample_timesteps(4096, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(t, again)
+    assert not torch.equal(t, other)
+    assert sample_timesteps(3, dtype=torch.bfloat16).dtype == torch.bfloat16
+    with pytest.raises(InputError):
+        sample_timesteps(0)
+
+
+def test_noisy_latents_endpoints_and_broadcast():
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 5, 3, generator=generator)
+    noise = torch.randn(2, 5, 3, generator=generator)
+    assert torch.equal(noisy_latents(x0, noise, torch.zeros(2)), x0)
+    assert torch.equal(noisy_latents(x0, noise, torch.ones(2)), noise)
+    half = noisy_latents(x0, noise, torch.tensor([0.5]))  # (1,) broadcasts over the batch
+    assert torch.allclose(half, (x0 + noise) / 2)
+    mixed = noisy_latents(x0, noise, torch.tensor([0.0, 1.0]))  # one t per sample
+    assert torch.equal(mixed[0], x0[0]) and torch.equal(mixed[1], noise[1])
+    with pytest.raises(InputError, match="3 timesteps for a batch of 2"):
+        noisy_latents(x0, noise, torch.rand(3))
+    with pytest.raises(InputError, match="differ in shape"):
+        noisy_latents(x0, noise[:, :4], torch.rand(2))
+
+
+def test_exact_velocity_moves_x_t_back_to_x0():
+    """The straight path: x_0 = x_t - t * (noise - x_0) for any t (one Euler step from t to 0)."""
+    generator = torch.Generator().manual_seed(3)
+    x0 = torch.randn(4, 16, 64, generator=generator, dtype=torch.float64)
+    noise = torch.randn(4, 16, 64, generator=generator, dtype=torch.float64)
+    t = sample_timesteps(4, generator=generator, dtype=torch.float64)
+    x_t = noisy_latents(x0, noise, t)
+    recovered = x_t - t[:, None, None] * velocity_target(x0, noise)
+    assert torch.allclose(recovered, x0, atol=1e-12)
+
+
+def test_loss_is_float32_zero_for_perfect_prediction_and_checks_shapes():
+    target = torch.randint(-8, 8, (2, 4, 8)).bfloat16()  # exact in bf16, also after + 1
+    loss_fn = RectifiedFlowLoss()
+    assert loss_fn(target, target).item() == 0.0
+    assert loss_fn(target, target + 1).dtype == torch.float32
+    assert loss_fn(target, target + 1).item() == pytest.approx(1.0)
+    with pytest.raises(InputError, match="differ in shape"):
+        loss_fn(target, target[:1])
