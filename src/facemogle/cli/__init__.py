@@ -17,6 +17,7 @@ from facemogle.errors import FaceMoGLEError
 # Sub-command modules, in the order `facemogle --help` lists them.
 COMMAND_MODULES = [
     "facemogle.cli.mask",
+    "facemogle.cli.generate",
 ]
 
 EXIT_USER_ERROR = 2
@@ -45,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except FaceMoGLEError as err:
         print(f"facemogle {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
-        print(f"facemogle {args.command}: error: {err.strerror}: {err.filename}", file=sys.stderr)
+    except OSError as err:
+        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        print(f"facemogle {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"facemogle {args.command}: interrupted", file=sys.stderr)
