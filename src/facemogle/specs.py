@@ -1,0 +1,241 @@
+"""Model specs by name: the one registry that says which model a name means and how to build it.
+
+    >>> from facemogle.specs import load_pipeline
+    >>> pipe = load_pipeline("tiny-random")                      # in memory, no files
+    >>> pipe = load_pipeline("flux-dev", base="/models/FLUX.1-dev",
+    ...                      lora="pytorch_lora_weights.safetensors", mogle="global_local_mask_moe.pt")
+
+Every spec returns a :class:`facemogle.pipeline.FaceMoGLEPipeline`, so all specs share every line
+of pipeline, MoGLE, condition-stream and scheduler code; they differ only in sizes and weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from facemogle.errors import CheckpointError, InputError
+
+logger = logging.getLogger(__name__)
+
+#: What the official Face-MoGLE release calls its two files.
+OFFICIAL_LORA_NAME = "pytorch_lora_weights.safetensors"
+OFFICIAL_MOGLE_NAME = "global_local_mask_moe.pt"
+FLUX_DEV_HUB_ID = "black-forest-labs/FLUX.1-dev"
+#: The model ``facemogle generate`` uses when none is named.
+DEFAULT_MODEL = "flux-dev"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named way to build a pipeline. ``build(**options)`` returns a FaceMoGLEPipeline."""
+
+    name: str
+    description: str
+    build: Callable[..., "FaceMoGLEPipeline"]  # noqa: F821
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(name: str, description: str):
+    """Decorator adding a builder function to the registry under ``name``."""
+
+    def wrap(build):
+        _REGISTRY[name] = ModelSpec(name=name, description=description, build=build)
+        return build
+
+    return wrap
+
+
+def available_specs() -> dict[str, str]:
+    """Spec name -> one-line description."""
+    return {name: spec.description for name, spec in _REGISTRY.items()}
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise InputError(f"unknown model {name!r}; known models: {', '.join(_REGISTRY)}") from None
+
+
+def load_pipeline(name: str, **options):
+    """Build the pipeline of the spec ``name`` (see :func:`available_specs`)."""
+    return get_spec(name).build(**options)
+
+
+def default_dtype(device: str | torch.device | None) -> torch.dtype:
+    """bfloat16 on CUDA (the paper's precision), float32 elsewhere."""
+    device = torch.device(device) if device is not None else None
+    return torch.bfloat16 if device is not None and device.type == "cuda" else torch.float32
+
+
+def _assemble(flux_components: dict, mogle, **defaults):
+    from facemogle.pipeline import FaceMoGLEPipeline
+
+    names = ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer")
+    return FaceMoGLEPipeline(mogle=mogle, **{k: flux_components[k] for k in names}, **defaults)
+
+
+def attach_face_mogle(pipe, *, lora: str | os.PathLike | None, mogle: str | os.PathLike | None):
+    """Load the condition LoRA and the MoGLE weights (official formats) into a pipeline."""
+    from facemogle.condition import load_condition_lora
+    from facemogle.mogle import MoGLE
+
+    if lora is not None:
+        load_condition_lora(pipe.transformer, lora)
+    if mogle is not None:
+        weights = MoGLE.from_official_checkpoint(mogle, torch_dtype=pipe.transformer.dtype)
+        pipe.register_modules(mogle=torch.nn.Module.to(weights, pipe.transformer.device))
+    return pipe
+
+
+def _resolve_checkpoint_dir(checkpoint: str | os.PathLike) -> tuple[Path, Path]:
+    path = Path(checkpoint)
+    lora, mogle = path / OFFICIAL_LORA_NAME, path / OFFICIAL_MOGLE_NAME
+    missing = [p.name for p in (lora, mogle) if not p.is_file()]
+    if not path.is_dir() or missing:
+        raise CheckpointError(
+            f"{path} is not a Face-MoGLE checkpoint directory (needs {OFFICIAL_LORA_NAME} and {OFFICIAL_MOGLE_NAME}; "
+            f"missing: {', '.join(missing) if path.is_dir() else 'the directory itself'})"
+        )
+    return lora, mogle
+
+
+@register("flux-dev", "FLUX.1-dev base (a local directory or hub id) + the official Face-MoGLE LoRA and MoGLE files")
+def build_flux_dev(
+    base: str | os.PathLike = FLUX_DEV_HUB_ID,
+    lora: str | os.PathLike | None = None,
+    mogle: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+):
+    """FLUX.1-dev with Face-MoGLE.
+
+    Args:
+        base: a FLUX.1-dev directory (``FluxPipeline.save_pretrained`` layout) or hub id.
+        lora, mogle: the official ``pytorch_lora_weights.safetensors`` and
+            ``global_local_mask_moe.pt`` files (either may be omitted, e.g. to train from scratch).
+        checkpoint: a directory holding both files (what ``facemogle train`` writes); fills
+            ``lora`` and ``mogle``.
+        device: where to put the models (default: CUDA if available, else CPU).
+        dtype: default bfloat16 on CUDA, float32 on CPU.
+    """
+    from diffusers import FluxPipeline
+
+    from facemogle.mogle import MoGLE
+
+    if checkpoint is not None:
+        if lora is not None or mogle is not None:
+            raise InputError("give either a checkpoint directory or lora/mogle files, not both")
+        lora, mogle = _resolve_checkpoint_dir(checkpoint)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or default_dtype(device)
+    base_str = str(base)
+    local = Path(base_str).exists()
+    looks_like_path = base_str.startswith((".", "/", "~")) or base_str.count("/") > 1
+    if not local and looks_like_path:
+        raise CheckpointError(f"base model directory {base_str} does not exist")
+    try:
+        flux = FluxPipeline.from_pretrained(base_str, torch_dtype=dtype)
+    except (OSError, ValueError, EnvironmentError) as err:
+        where = "directory" if local else "hub id (is it downloaded, and are you online?)"
+        raise CheckpointError(f"could not load the FLUX base model from {where} {base_str}: {err}") from err
+    pipe = _assemble(flux.components, torch.nn.Module.to(MoGLE(), dtype=dtype))
+    if lora is None or mogle is None:
+        logger.warning("flux-dev: no %s given; that part stays untrained", "LoRA" if lora is None else "MoGLE")
+    pipe = attach_face_mogle(pipe, lora=lora, mogle=mogle)
+    return pipe.to(device)
+
+
+# Sizes of the in-memory test model: a few layers, random weights (the same shapes as the golden
+# tiny model, whose transformer/VAE/encoders use these widths).
+TINY_RANDOM_TRANSFORMER = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=1,
+    num_single_layers=1,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=32,
+    pooled_projection_dim=32,
+    guidance_embeds=True,
+    axes_dims_rope=(4, 6, 6),
+)
+TINY_RANDOM_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(8, 16, 16, 16),
+    layers_per_block=1,
+    latent_channels=16,
+    norm_num_groups=8,
+    sample_size=64,
+    scaling_factor=0.3611,
+    shift_factor=0.1159,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+)
+TINY_RANDOM_TEXT_WIDTH = 32
+FLUX_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    shift=3.0,
+    use_dynamic_shifting=True,
+    base_shift=0.5,
+    max_shift=1.15,
+    base_image_seq_len=256,
+    max_image_seq_len=4096,
+)
+
+
+@register("tiny-random", "a few-layer random model built in memory (tests and smoke runs; no files, noise-like images)")
+def build_tiny_random(seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, lora_rank: int = 4):
+    """A random Face-MoGLE pipeline with FLUX's structure at toy sizes, built from configs."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from facemogle.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, byte_level_tokenizer
+    from facemogle.condition import add_condition_lora
+    from facemogle.mogle import MoGLE
+
+    width = TINY_RANDOM_TEXT_WIDTH
+    torch.manual_seed(seed)
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=VOCAB_SIZE, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=77, projection_dim=width,
+            bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
+        )
+    )
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=VOCAB_SIZE, d_model=width, d_kv=8, d_ff=2 * width, num_layers=2, num_heads=4,
+            feed_forward_proj="gated-gelu", pad_token_id=PAD_ID, eos_token_id=EOS_ID, decoder_start_token_id=PAD_ID,
+        )
+    )
+    transformer = FluxTransformer2DModel(**TINY_RANDOM_TRANSFORMER)
+    vae = AutoencoderKL(**TINY_RANDOM_VAE)
+    add_condition_lora(transformer, rank=lora_rank, alpha=lora_rank)
+    components = dict(
+        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER),
+        vae=vae,
+        text_encoder=clip,
+        tokenizer=byte_level_tokenizer(max_length=77, add_bos=True),
+        text_encoder_2=t5,
+        tokenizer_2=byte_level_tokenizer(max_length=512, add_bos=False),
+        transformer=transformer,
+    )
+    for module in (clip, t5, transformer, vae):
+        module.eval()  # built from configs = training mode: T5 would apply dropout
+    pipe = _assemble(components, MoGLE().eval(), default_sample_size=8)  # 64 px by default
+    if dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    return pipe.to(device)

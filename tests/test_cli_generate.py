@@ -1,0 +1,94 @@
+"""`facemogle generate`: the golden acceptance command, outputs, and one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facemogle.cli import main
+
+GOLDEN_PROMPT = "She is wearing lipstick."
+
+
+def run_cli(capsys, *argv):
+    code = main(["generate", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_golden_command_reproduces_reference_png(golden_dir, fixtures_dir, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    code, stdout, _ = run_cli(
+        capsys,
+        "--model", "flux-dev",
+        "--base", str(golden_dir / "tiny-flux"),
+        "--lora", str(golden_dir / "pytorch_lora_weights.safetensors"),
+        "--mogle", str(golden_dir / "global_local_mask_moe.pt"),
+        "--mask", str(fixtures_dir / "masks" / "27000.png"),
+        "--prompt", GOLDEN_PROMPT,
+        "--size", "64", "--steps", "4", "--guidance", "3.5", "--seed", "0",
+        "-o", str(out),
+    )
+    assert code == 0 and str(out) in stdout
+    got = np.asarray(Image.open(out).convert("RGB"), dtype=int)
+    expected = np.asarray(Image.open(golden_dir / "golden_C_generate_64_mogle_t_div1000.png").convert("RGB"), dtype=int)
+    assert np.abs(got - expected).max() <= 1
+
+
+def test_several_images_and_a_grid(fixtures_dir, tmp_path, capsys):
+    out = tmp_path / "faces" / "face.png"
+    code, stdout, _ = run_cli(
+        capsys, "--model", "tiny-random", "--mask", str(fixtures_dir / "masks" / "color-coded-1.png"),
+        "--num-images", "3", "--steps", "1", "-o", str(out),
+    )
+    assert code == 0
+    names = sorted(p.name for p in out.parent.iterdir())
+    assert names == ["face-0.png", "face-1.png", "face-2.png", "face-grid.png"]
+    assert Image.open(out.parent / "face-grid.png").size == (3 * 64, 64)
+    first, second = (np.asarray(Image.open(out.parent / f"face-{i}.png")) for i in (0, 1))
+    assert not np.array_equal(first, second)  # seed, seed+1
+
+
+def test_text_only_generation(tmp_path, capsys):
+    code, _, _ = run_cli(capsys, "--model", "tiny-random", "--prompt", "A person with red hair.", "--steps", "1", "-o", str(tmp_path / "t.png"))
+    assert code == 0 and Image.open(tmp_path / "t.png").size == (64, 64)
+
+
+def test_list_models(capsys):
+    code, stdout, _ = run_cli(capsys, "--list-models")
+    assert code == 0 and "flux-dev" in stdout and "tiny-random" in stdout
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--model", "nope"], "unknown model"),
+        (["--model", "tiny-random", "--mask", "/does/not/exist.png"], "does not exist"),
+        (["--model", "tiny-random", "--lora", "x.safetensors"], "only apply to --model flux-dev"),
+        (["--model", "tiny-random", "--size", "60"], "multiple"),
+        (["--model", "tiny-random", "--num-images", "0"], "--num-images"),
+        (["--model", "tiny-random", "-o", "out.txt"], "must end in"),
+        (["--model", "flux-dev", "--base", "/no/such/flux"], "does not exist"),
+    ],
+)
+def test_bad_input_gives_one_line_error(argv, words, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("facemogle")]
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in err
+
+
+def test_bad_mask_and_bad_checkpoint_files(golden_dir, tmp_path, capsys):
+    bad_mask = tmp_path / "mask.png"
+    bad_mask.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    code, _, err = run_cli(capsys, "--model", "tiny-random", "--mask", str(bad_mask), "-o", str(tmp_path / "o.png"))
+    assert code == 2 and "Traceback" not in err and "mask.png" in err
+    bad_lora = tmp_path / "lora.safetensors"
+    bad_lora.write_bytes(b"garbage")
+    code, _, err = run_cli(
+        capsys, "--model", "flux-dev", "--base", str(golden_dir / "tiny-flux"), "--lora", str(bad_lora),
+        "-o", str(tmp_path / "o.png"),
+    )
+    assert code == 2 and "Traceback" not in err and "lora.safetensors" in err

@@ -1,0 +1,203 @@
+"""FaceMoGLEPipeline: Golden C parity (every denoising step) and pipeline behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from facemogle.errors import InputError
+from facemogle.specs import load_pipeline
+
+PROMPT = "She is wearing lipstick."
+STEPS = 4
+TOL = dict(atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def golden_pipe(golden_dir):
+    return load_pipeline(
+        "flux-dev",
+        base=golden_dir / "tiny-flux",
+        lora=golden_dir / "pytorch_lora_weights.safetensors",
+        mogle=golden_dir / "global_local_mask_moe.pt",
+        device="cpu",
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    return load_pipeline("tiny-random", seed=0)
+
+
+@pytest.fixture(scope="module")
+def mask_27000(fixtures_dir):
+    return fixtures_dir / "masks" / "27000.png"
+
+
+def run_recording(pipe, mask, size, *, seed=0, gate_time_scale=1.0, **kwargs):
+    """Generate one image and record what every step saw and produced."""
+    record = {"steps": []}
+    mogle_forward = pipe.mogle.forward
+
+    def mogle_spy(condition_tokens, noisy_tokens, timestep, **kw):
+        record.setdefault("gate_t", []).append(timestep.clone())
+        return mogle_forward(condition_tokens, noisy_tokens, timestep * gate_time_scale, **kw)
+
+    def on_step(_pipe, i, t, tensors):
+        record["steps"].append({k: v.clone() for k, v in tensors.items()})
+        return {}
+
+    pipe.mogle.forward = mogle_spy
+    try:
+        out = pipe(
+            mask=mask,
+            prompt=PROMPT,
+            height=size,
+            width=size,
+            num_inference_steps=STEPS,
+            guidance_scale=3.5,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="pt",
+            callback_on_step_end=on_step,
+            callback_on_step_end_tensor_inputs=["latents", "noise_pred", "condition_tokens"],
+            **kwargs,
+        )
+    finally:
+        pipe.mogle.forward = mogle_forward
+    record["image"] = out.images
+    return record
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_golden_c_every_step(golden_pipe, golden_dir, mask_27000, size):
+    golden = load_file(golden_dir / f"golden_C_generate_{size}_mogle_t_div1000.safetensors")
+    torch.testing.assert_close(golden_pipe.encode_masks([mask_27000], size, size), golden["condition_latents_vae"], **TOL)
+    rec = run_recording(golden_pipe, mask_27000, size)
+    assert len(rec["steps"]) == STEPS
+    for i, step in enumerate(rec["steps"]):
+        # the gate sees t in (0, 1]: the scheduler's timestep / 1000
+        torch.testing.assert_close(rec["gate_t"][i], golden[f"step{i}.t_mogle"], atol=1e-6, rtol=0)
+        torch.testing.assert_close(step["condition_tokens"], golden[f"step{i}.mogle_output"], **TOL)
+        torch.testing.assert_close(step["noise_pred"], golden[f"step{i}.noise_pred"], **TOL)
+        torch.testing.assert_close(step["latents"], golden[f"step{i}.latents_out"], **TOL)
+    torch.testing.assert_close(rec["image"], golden["image"], **TOL)
+
+
+def test_golden_c_catches_gate_fed_scheduler_timesteps(golden_pipe, golden_dir, mask_27000):
+    """Feeding the gate 0..1000 (the reference's inference defect) must break parity with the
+    corrected golden - and reproduce the golden recorded from the unmodified reference instead."""
+    fixed = load_file(golden_dir / "golden_C_generate_64_mogle_t_div1000.safetensors")
+    official = load_file(golden_dir / "golden_C_generate_64_official_mogle_t_raw.safetensors")
+    rec = run_recording(golden_pipe, mask_27000, 64, gate_time_scale=1000.0)
+    assert (rec["steps"][0]["condition_tokens"] - fixed["step0.mogle_output"]).abs().max() > 1e-2
+    assert (rec["image"] - fixed["image"]).abs().max() > 1e-3
+    torch.testing.assert_close(rec["steps"][0]["condition_tokens"], official["step0.mogle_output"], **TOL)
+    torch.testing.assert_close(rec["image"], official["image"], **TOL)
+
+
+def test_golden_c_png_within_one_level(golden_pipe, golden_dir, mask_27000):
+    image = golden_pipe(
+        mask=mask_27000, prompt=PROMPT, height=64, width=64, num_inference_steps=STEPS, guidance_scale=3.5, seed=0
+    ).images[0]
+    expected = np.asarray(Image.open(golden_dir / "golden_C_generate_64_mogle_t_div1000.png").convert("RGB"), dtype=int)
+    assert np.abs(np.asarray(image, dtype=int) - expected).max() <= 1
+
+
+def test_seed_gives_same_image_whatever_the_batch(tiny_pipe, mask_27000):
+    single = tiny_pipe(mask=mask_27000, prompt="a", seed=7, output_type="pt", num_inference_steps=2).images
+    batch = tiny_pipe(
+        mask=[None, mask_27000], prompt=["b", "a"], seed=[3, 7], output_type="pt", num_inference_steps=2
+    ).images
+    assert batch.shape == (2, 3, 64, 64)
+    torch.testing.assert_close(batch[1:], single, atol=1e-5, rtol=0)
+    assert (batch[0] - batch[1]).abs().max() > 1e-3
+    # int seed s for K images = seeds s, s+1, ...
+    many = tiny_pipe(mask=mask_27000, prompt="a", seed=6, num_images_per_prompt=2, output_type="pt", num_inference_steps=2).images
+    torch.testing.assert_close(many[1:], single, atol=1e-5, rtol=0)
+
+
+def test_generator_list_matches_seeds(tiny_pipe):
+    by_seed = tiny_pipe(prompt=["x", "x"], seed=[1, 2], output_type="latent", num_inference_steps=1).images
+    gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    by_gen = tiny_pipe(prompt=["x", "x"], generator=gens, output_type="latent", num_inference_steps=1).images
+    torch.testing.assert_close(by_seed, by_gen, atol=1e-6, rtol=0)
+
+
+def test_modes_and_output_types(tiny_pipe, mask_27000):
+    text_only = tiny_pipe(prompt="She has blond hair.", seed=0, num_inference_steps=1).images
+    assert len(text_only) == 1 and isinstance(text_only[0], Image.Image) and text_only[0].size == (64, 64)
+    mask_only = tiny_pipe(mask=mask_27000, seed=0, num_inference_steps=1, output_type="np").images
+    assert mask_only.shape == (1, 64, 64, 3) and mask_only.dtype == np.float32
+    both = tiny_pipe(mask=mask_27000, prompt="x", seed=0, num_inference_steps=1, output_type="pt", height=32, width=48).images
+    assert both.shape == (1, 3, 32, 48) and 0 <= both.min() and both.max() <= 1
+    latent = tiny_pipe(mask=mask_27000, seed=0, num_inference_steps=1, output_type="latent").images
+    assert latent.shape == (1, 16, 64)
+    # the mask changes the result
+    no_mask = tiny_pipe(seed=0, num_inference_steps=1, output_type="latent").images
+    assert (latent - no_mask).abs().max() > 1e-4
+
+
+def test_masks_are_encoded_once_per_call(tiny_pipe, mask_27000, monkeypatch):
+    calls = []
+    encode = tiny_pipe.vae.encode
+
+    def counting(x, *a, **k):
+        calls.append(x.shape[0])
+        return encode(x, *a, **k)
+
+    monkeypatch.setattr(tiny_pipe.vae, "encode", counting)
+    tiny_pipe(mask=mask_27000, prompt=["a", "b"], num_images_per_prompt=2, seed=0, num_inference_steps=3, output_type="latent")
+    assert sum(calls) == 20  # one mask -> 20 condition images, whatever the steps and images
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(height=60, width=64), "multiple"),
+        (dict(prompt="x" * 100_000), "too long"),
+        (dict(prompt=["a", "b"], mask=[None, None, None]), "masks"),
+        (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(output_type="jpeg"), "output_type"),
+        (dict(seed=[1, 2, 3]), "seeds"),
+    ],
+)
+def test_bad_inputs_are_refused_with_a_clear_error(tiny_pipe, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        tiny_pipe(**kwargs)
+
+
+def test_bad_mask_is_refused(tiny_pipe, tmp_path):
+    from facemogle.errors import MaskError
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(MaskError):
+        tiny_pipe(mask=bad, num_inference_steps=1)
+
+
+def test_save_and_reload_round_trip(tiny_pipe, tmp_path):
+    from facemogle.pipeline import FaceMoGLEPipeline
+
+    tiny_pipe.save_pretrained(tmp_path / "pipe")
+    again = FaceMoGLEPipeline.from_pretrained(tmp_path / "pipe")
+    a = tiny_pipe(prompt="x", seed=0, num_inference_steps=1, output_type="latent").images
+    b = again(prompt="x", seed=0, num_inference_steps=1, output_type="latent").images
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_model_cpu_offload_gives_the_same_result():
+    pipe = load_pipeline("tiny-random", seed=1)
+    before = pipe(prompt="x", seed=0, num_inference_steps=2, output_type="latent").images
+    pipe.enable_model_cpu_offload(device="cpu")
+    onloaded = []
+    for name in ("mogle", "transformer"):
+        hook = getattr(pipe, name)._hf_hook
+        original = hook.pre_forward
+        hook.pre_forward = lambda module, *a, _o=original, _n=name, **k: (onloaded.append(_n), _o(module, *a, **k))[1]
+    after = pipe(prompt="x", seed=0, num_inference_steps=2, output_type="latent").images
+    torch.testing.assert_close(after, before, atol=1e-6, rtol=0)
+    # the piecewise-called models are moved to the execution device by their offload hooks
+    assert {"mogle", "transformer"} <= set(onloaded)
