@@ -18,6 +18,7 @@ from facemogle.errors import FaceMoGLEError
 COMMAND_MODULES = [
     "facemogle.cli.mask",
     "facemogle.cli.generate",
+    "facemogle.cli.evaluate",
 ]
 
 EXIT_USER_ERROR = 2

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the paper protocol and the face parser (photo -> mask)."""
