@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "facemogle.cli.mask",
     "facemogle.cli.generate",
     "facemogle.cli.evaluate",
+    "facemogle.cli.caption",
 ]
 
 EXIT_USER_ERROR = 2

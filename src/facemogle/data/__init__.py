@@ -1,0 +1,1 @@
+"""Datasets, split files and caches for training and evaluation."""
