@@ -19,6 +19,8 @@ COMMAND_MODULES = [
     "facemogle.cli.mask",
     "facemogle.cli.generate",
     "facemogle.cli.evaluate",
+    "facemogle.cli.train",
+    "facemogle.cli.bench",
     "facemogle.cli.caption",
 ]
 

@@ -1,0 +1,70 @@
+"""``facemogle bench <what>``: throughput measurements, printed as JSON.
+
+Sub-commands (one function each, registered in ``BENCHMARKS``; add e.g. ``generate`` there):
+
+* ``train``: training steps/s with the latent cache vs encoding the image, the 20 condition
+  images and the text every step (the reference's way), on the tiny-random preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="measure throughput (JSON output)",
+                              description="Throughput benchmarks; each prints one JSON object.")
+    benches = p.add_subparsers(dest="bench", metavar="BENCH")
+    for name, (help_text, add_arguments, _) in BENCHMARKS.items():
+        sub = benches.add_parser(name, help=help_text, description=help_text)
+        add_arguments(sub)
+        sub.add_argument("--json", metavar="OUT", help="also write the JSON to this file")
+        sub.set_defaults(func=run, bench=name)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=20, help="timed training steps per variant (default 20)")
+    p.add_argument("--resolution", type=int, default=64, help="image size in pixels (default 64)")
+    p.add_argument("--batch-size", type=int, default=2, help="batch size (default 2)")
+    p.add_argument("--samples", type=int, default=16, help="synthetic faces in the dataset (default 16)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def _bench_train(args: argparse.Namespace) -> dict:
+    import torch
+
+    from facemogle.train.bench import bench_train
+
+    if args.threads is not None:
+        if args.threads < 1:
+            from facemogle.errors import InputError
+
+            raise InputError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    return bench_train(steps=args.steps, resolution=args.resolution, batch_size=args.batch_size,
+                       num_samples=args.samples)
+
+
+BENCHMARKS = {
+    "train": ("training steps/s: cached latents vs encoding everything every step", _train_arguments, _bench_train),
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    from facemogle.errors import InputError
+
+    _, _, measure = BENCHMARKS[args.bench]
+    if getattr(args, "steps", 1) < 2:
+        raise InputError("--steps must be >= 2 (the first step is a warm-up and not timed)")
+    report = measure(args)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n", encoding="utf-8")
+    sys.stdout.flush()
+    return 0

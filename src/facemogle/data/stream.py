@@ -1,0 +1,156 @@
+"""The seeded stream of training samples: which sample comes next, and its random draws.
+
+Training reads an endless *stream* of positions 0, 1, 2, ...: position ``p`` is the
+``p % n``-th entry of epoch ``p // n``'s permutation of the ``n`` samples, and every random
+choice made for that position (timestep t, noise, which caption sentence, text dropout, the
+dropout of each local mask) comes from a generator seeded by ``(seed, p)`` alone.
+
+Consequences, on which exact resume and multi-process training rely:
+
+* the data position of a run is one integer (``samples_seen``): a resumed run continues the
+  stream where it stopped, and gets the very same samples and draws;
+* what a sample receives does not depend on the batch size, the number of processes, the data
+  loader workers or any global random state, so 2 processes x batch b see exactly the samples
+  and noise of 1 process x batch 2b.
+
+Seeds are derived with ``numpy.random.SeedSequence`` (well-mixed, stable across versions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from facemogle.errors import InputError
+from facemogle.flow import sample_timesteps
+
+_TAG_EPOCH = 1
+_TAG_POSITION = 2
+
+
+def derive_seed(seed: int, tag: int, value: int) -> int:
+    """A 63-bit seed from ``(seed, tag, value)`` (all non-negative integers)."""
+    if seed < 0 or value < 0:
+        raise InputError(f"seeds and positions must be >= 0, got seed {seed}, value {value}")
+    state = np.random.SeedSequence([int(seed), int(tag), int(value)]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
+
+
+class EpochPermutations:
+    """Position -> sample index: a fresh seeded permutation of ``num_samples`` per epoch."""
+
+    def __init__(self, num_samples: int, seed: int):
+        if num_samples < 1:
+            raise InputError("the training set is empty")
+        self.num_samples = num_samples
+        self.seed = seed
+        self._epoch = -1
+        self._order: list[int] = []
+
+    def locate(self, position: int) -> tuple[int, int]:
+        """``(epoch, index in that epoch's permutation)`` of a stream position."""
+        return divmod(int(position), self.num_samples)
+
+    def sample_index(self, position: int) -> int:
+        epoch, offset = self.locate(position)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, _TAG_EPOCH, epoch))
+            self._order = torch.randperm(self.num_samples, generator=generator).tolist()
+            self._epoch = epoch
+        return self._order[offset]
+
+
+@dataclass(frozen=True)
+class PositionDraws:
+    """The random draws of one stream position.
+
+    ``timestep`` () in (0, 1); ``noise`` (N, D) standard normal; ``caption`` index into the
+    sample's sentences (0 when it has none); ``text_dropped`` bool; ``local_dropped`` (C,) bool,
+    one per local mask (the global mask is never dropped).
+    """
+
+    timestep: torch.Tensor
+    noise: torch.Tensor
+    caption: int
+    text_dropped: bool
+    local_dropped: torch.Tensor
+
+
+def draw_for_position(seed: int, position: int, token_shape: tuple[int, int], num_local: int, num_captions: int,
+                      text_dropout: float, mask_dropout: float) -> PositionDraws:
+    """Draw, in a fixed order from one generator seeded by ``(seed, position)``: t, noise, the
+    text-dropout coin, the ``num_local`` mask-dropout coins, the caption index."""
+    generator = torch.Generator().manual_seed(derive_seed(seed, _TAG_POSITION, position))
+    timestep = sample_timesteps(1, generator=generator)[0]  # ()
+    noise = torch.randn(token_shape, generator=generator)  # (N, D)
+    text_coin = torch.rand(1, generator=generator)[0]
+    local_coins = torch.rand(num_local, generator=generator)  # (C,)
+    caption = int(torch.randint(max(num_captions, 1), (1,), generator=generator)[0])
+    return PositionDraws(
+        timestep=timestep,
+        noise=noise,
+        caption=caption,
+        text_dropped=bool(text_coin < text_dropout),
+        local_dropped=local_coins < mask_dropout,
+    )
+
+
+class PositionBatchSampler:
+    """Batches of consecutive stream positions: ``[start + k*B, start + (k+1)*B)`` for k < ``num_batches``.
+
+    A batch sampler for ``torch.utils.data.DataLoader`` (and accelerate, which deals batch k to
+    process ``k % num_processes``). ``drop_last`` is True: every batch is full.
+    """
+
+    drop_last = True
+
+    def __init__(self, start: int, batch_size: int, num_batches: int):
+        if batch_size < 1 or num_batches < 0 or start < 0:
+            raise InputError(f"invalid stream slice: start {start}, batch_size {batch_size}, batches {num_batches}")
+        self.start = start
+        self.batch_size = batch_size
+        self.num_batches = num_batches
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        for k in range(self.num_batches):
+            first = self.start + k * self.batch_size
+            yield list(range(first, first + self.batch_size))
+
+
+class RawTrainingDataset(torch.utils.data.Dataset):
+    """Stream position -> raw sample + draws, for training without a cache (everything is encoded
+    every step, as the reference does).
+
+    Item: ``{"position", "index", "image": (3, R, R) uint8, "mask": (R, R) uint8, "caption": str
+    ("" when dropped or absent), "local_dropped": (C,) bool, "noise": (N, D), "timestep": ()}``.
+    """
+
+    def __init__(self, faces, seed: int, token_shape: tuple[int, int], num_local: int, text_dropout: float,
+                 mask_dropout: float, captions_per_sample: int | None = None):
+        self.faces = faces  # facemogle.data.datasets.FaceDataset
+        self.captions_per_sample = captions_per_sample
+        self.order = EpochPermutations(len(faces), seed)
+        self.seed = seed
+        self.token_shape = tuple(token_shape)
+        self.num_local = num_local
+        self.text_dropout = text_dropout
+        self.mask_dropout = mask_dropout
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def __getitem__(self, position: int) -> dict:
+        index = self.order.sample_index(position)
+        item = self.faces[index]
+        captions = item["captions"][: self.captions_per_sample]
+        draws = draw_for_position(self.seed, position, self.token_shape, self.num_local, len(captions),
+                                  self.text_dropout, self.mask_dropout)
+        caption = "" if draws.text_dropped or not captions else captions[draws.caption]
+        return {"position": position, "index": index, "image": item["image"], "mask": item["mask"],
+                "caption": caption, "local_dropped": draws.local_dropped, "noise": draws.noise,
+                "timestep": draws.timestep}

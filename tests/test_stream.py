@@ -1,0 +1,40 @@
+"""The seeded sample stream: permutations, per-position draws, batches across processes."""
+
+from __future__ import annotations
+
+import torch
+from accelerate.data_loader import BatchSamplerShard
+
+from facemogle.data.stream import EpochPermutations, PositionBatchSampler, draw_for_position
+
+
+def test_every_epoch_is_a_permutation_and_epochs_differ():
+    order = EpochPermutations(10, seed=1)
+    epochs = [[order.sample_index(e * 10 + i) for i in range(10)] for e in range(3)]
+    assert all(sorted(epoch) == list(range(10)) for epoch in epochs)
+    assert epochs[0] != epochs[1] != epochs[2]
+    again = EpochPermutations(10, seed=1)
+    assert [again.sample_index(p) for p in (25, 3, 17)] == [epochs[2][5], epochs[0][3], epochs[1][7]]
+    assert [EpochPermutations(10, seed=2).sample_index(i) for i in range(10)] != epochs[0]
+
+
+def test_draws_depend_only_on_seed_and_position():
+    kwargs = dict(token_shape=(4, 8), num_local=19, num_captions=3, text_dropout=0.5, mask_dropout=0.5)
+    a, b, c = (draw_for_position(0, 7, **kwargs), draw_for_position(0, 7, **kwargs), draw_for_position(0, 8, **kwargs))
+    assert torch.equal(a.noise, b.noise) and a.timestep == b.timestep and a.caption == b.caption
+    assert torch.equal(a.local_dropped, b.local_dropped) and a.text_dropped == b.text_dropped
+    assert not torch.equal(a.noise, c.noise)
+    assert 0 < float(a.timestep) < 1 and a.noise.shape == (4, 8) and a.local_dropped.shape == (19,)
+    assert not draw_for_position(0, 7, **{**kwargs, "mask_dropout": 0.0}).local_dropped.any()
+
+
+def test_two_processes_see_the_samples_of_one_process_with_twice_the_batch():
+    """accelerate deals batch k to process k % P: each step of P processes x b covers the same
+    stream positions as one process with batch P*b."""
+    steps, b = 5, 3
+    single = list(PositionBatchSampler(start=6, batch_size=2 * b, num_batches=steps))
+    shards = [list(BatchSamplerShard(PositionBatchSampler(6, b, 2 * steps), num_processes=2, process_index=r))
+              for r in range(2)]
+    assert all(len(shard) == steps for shard in shards)
+    for step in range(steps):
+        assert shards[0][step] + shards[1][step] == single[step]

@@ -1,0 +1,273 @@
+"""The trainer end to end on the tiny-random model: exact resume after SIGKILL, 2 processes vs 1,
+loss going down on real faces, cached vs uncached training, refused resumptions, the autoencoder."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from facemogle.condition import LORA_WEIGHT_NAME
+from facemogle.errors import CheckpointError
+from facemogle.specs import OFFICIAL_MOGLE_NAME
+from facemogle.train import checkpoint as ckpt
+from facemogle.train.config import config_from_dict
+from facemogle.train.trainer import LOG_NAME, Trainer, discarded_condition_lora_parameters
+
+from .conftest import RESOLUTION, single_thread_environment, tiny_config
+
+try:
+    import prodigyopt  # noqa: F401
+
+    OPTIMIZER = {"name": "prodigy"}  # its state (d, p0, ...) is the harder one to resume exactly
+except ImportError:
+    OPTIMIZER = {"name": "adamw", "lr": 1e-3}
+
+SUBPROCESS_TIMEOUT = 240
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """LoRA + MoGLE tensors of a checkpoint, as written in the official files."""
+    lora = {f"lora.{k}": v for k, v in load_file(str(checkpoint / LORA_WEIGHT_NAME)).items()}
+    mogle = torch.load(checkpoint / OFFICIAL_MOGLE_NAME, weights_only=True)
+    return {**lora, **{f"mogle.{k}": v for k, v in mogle.items()}}
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def logged_steps(output_dir: Path) -> list[int]:
+    with open(output_dir / "logs" / LOG_NAME, newline="") as handle:
+        return [int(row["step"]) for row in csv.DictReader(handle)]
+
+
+KILLED_RUN = textwrap.dedent("""
+    # Trains until it is writing the step-6 checkpoint, then hangs there (half a file written)
+    # until the test kills it with SIGKILL.
+    import sys, time
+    from facemogle.train import checkpoint as ckpt
+    from facemogle.train.config import load_config
+    from facemogle.train.trainer import Trainer
+
+    real_save = ckpt.atomic_torch_save
+
+    def save(path, obj):
+        if path.parent.name == ".tmp-step-00000006" and path.name == ckpt.OPTIMIZER_NAME:
+            path.with_name("." + path.name + ".tmp-partial").write_bytes(b"half of an optimizer state")
+            print("HANGING", flush=True)
+            time.sleep(3600)
+        return real_save(path, obj)
+
+    ckpt.atomic_torch_save = save
+    Trainer(load_config(sys.argv[1]), progress=False).run()
+""")
+
+
+def test_a_killed_run_resumes_to_the_same_weights(synthetic_data, tmp_path):
+    config = tiny_config(synthetic_data, tmp_path / "killed", train={
+        "batch_size": 2, "gradient_accumulation_steps": 2, "max_steps": 6, "mixed_precision": "no",
+        "optimizer": OPTIMIZER}, sample={"every": 3, "count": 1, "steps": 2})
+    config["cache"]["dir"] = str(tmp_path / "cache")
+    config_path = tmp_path / "killed.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    script = tmp_path / "killed_run.py"
+    script.write_text(KILLED_RUN)
+
+    process = subprocess.Popen([sys.executable, str(script), str(config_path)], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, env=single_thread_environment())
+    try:
+        deadline = time.monotonic() + SUBPROCESS_TIMEOUT
+        line = ""
+        while "HANGING" not in line:
+            line = process.stdout.readline()
+            assert line or process.poll() is None, "the training subprocess ended before the checkpoint"
+            assert time.monotonic() < deadline, "the training subprocess took too long"
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    root = tmp_path / "killed" / "checkpoints"
+    assert (root / ".tmp-step-00000006").is_dir()  # the half-written checkpoint...
+    assert ckpt.latest_checkpoint(root).name == "step-00000004"  # ...is never picked
+    assert logged_steps(tmp_path / "killed") == [1, 2, 3, 4, 5, 6]  # logged before the kill
+
+    resumed = Trainer(config_from_dict(config), resume=True, progress=False).run()
+    assert (resumed.start_step, resumed.global_step) == (4, 6)
+    assert resumed.cache_stats["computed_samples"] == 0  # the cache of the killed run is reused
+    assert logged_steps(tmp_path / "killed") == [1, 2, 3, 4, 5, 6]  # steps 5-6 once, from the resumed run
+    assert ckpt.list_checkpoints(root)[-1].name == "step-00000006" and not (root / ".tmp-step-00000006").exists()
+
+    uninterrupted_config = {**config, "output_dir": str(tmp_path / "uninterrupted")}
+    uninterrupted = Trainer(config_from_dict(uninterrupted_config), progress=False).run()
+    assert uninterrupted.losses[4:] == resumed.losses
+    reference, result = weights(uninterrupted.final_checkpoint), weights(resumed.final_checkpoint)
+    assert all(torch.equal(reference[k], result[k]) for k in reference), max_difference(reference, result)
+    assert max_difference(reference, weights(root / "step-00000002")) > 0  # training did move the weights
+
+    # refusals: an output_dir with checkpoints needs --resume; a resumed config must not change the math
+    with pytest.raises(CheckpointError, match="already has checkpoints"):
+        Trainer(config_from_dict(config), progress=False)
+    changed = {**config, "data": {**config["data"], "mask_dropout": 0.5}}
+    with pytest.raises(CheckpointError, match=r"data.mask_dropout: 0.1 -> 0.5"):
+        Trainer(config_from_dict(changed), resume=True, progress=False).setup()
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Trainer(config_from_dict(config), resume=tmp_path / "nowhere", progress=False)
+
+
+def test_two_processes_match_one_process_with_the_same_total_batch(synthetic_data, tmp_path):
+    steps = 3
+    two = tiny_config(synthetic_data, tmp_path / "two", train={"batch_size": 2, "max_steps": steps},
+                      checkpoint={"every": steps})
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(two))
+    environment = {**single_thread_environment(), "ACCELERATE_USE_CPU": "1"}  # accelerate's switch: gloo on CPU
+    with socket.socket() as probe:  # a free port: other runs on this machine may hold accelerate's default
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
+               "--dynamo_backend", "no",
+               "-m", "facemogle", "train", str(tmp_path / "two.yaml"), "--no-progress"]
+    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    two_final = ckpt.latest_checkpoint(tmp_path / "two" / "checkpoints")
+    assert {"rng_state_0.pt", "rng_state_1.pt"} <= {p.name for p in two_final.iterdir()}  # really 2 processes
+    assert ckpt.TrainerState.from_file(two_final / ckpt.STATE_NAME).num_processes == 2
+
+    one = tiny_config(synthetic_data, tmp_path / "one", train={"batch_size": 4, "max_steps": steps},
+                      checkpoint={"every": steps})
+    result = Trainer(config_from_dict(one), progress=False).run()
+    assert ckpt.TrainerState.from_file(result.final_checkpoint / ckpt.STATE_NAME).samples_seen == 4 * steps
+    with open(tmp_path / "two" / "logs" / LOG_NAME, newline="") as handle:
+        two_losses = [float(row["loss"]) for row in csv.DictReader(handle)]
+    np.testing.assert_allclose(two_losses, result.losses, atol=1e-6)  # same samples, noise and t
+    # Same math; only the float summation order of the gradient mean differs (the all-reduce adds
+    # two half-batch means): observed ~5e-7 after 3 AdamW steps.
+    assert max_difference(weights(two_final), weights(result.final_checkpoint)) < 1e-5
+
+
+def test_loss_decreases_on_real_faces_and_scratch_checkpoints_load(mini_dataset_dir, tmp_path):
+    steps = 20
+    config = tiny_config(mini_dataset_dir, tmp_path / "scratch", mode="scratch",
+                         data={"num_val": 1, "max_samples": 8, "image_resize": "area"},
+                         train={"batch_size": 4, "max_steps": steps, "optimizer": {"name": "adamw", "lr": 2e-3}},
+                         checkpoint={"every": steps}, sample={"every": steps, "count": 2, "steps": 2})
+    trainer = Trainer(config_from_dict(config), progress=False)
+    result = trainer.run()
+    first, last = np.mean(result.losses[:4]), np.mean(result.losses[-4:])
+    assert last < 0.9 * first, result.losses  # observed about 1.25 -> 1.0
+    assert (tmp_path / "scratch" / "samples" / "step-00000020.png").is_file()
+
+    loaded = ckpt.load_checkpoint_pipeline(result.final_checkpoint)
+    call = dict(mask=np.zeros((RESOLUTION, RESOLUTION), dtype=np.uint8), prompt="", height=RESOLUTION,
+                width=RESOLUTION, num_inference_steps=2, seed=0, output_type="latent")
+    torch.testing.assert_close(loaded(**call).images, trainer.pipe(**call).images, atol=0, rtol=0)
+
+
+def test_cached_and_uncached_training_compute_the_same_loss():
+    """The cache changes where the latents come from, not the training math (bench report)."""
+    from facemogle.train.bench import bench_train
+
+    from facemogle.cli import main
+
+    assert main(["bench", "train", "--steps", "1"]) == 2  # the first step is an untimed warm-up
+    report = bench_train(steps=2, resolution=RESOLUTION, batch_size=2, num_samples=4)
+    assert report["cached_first_loss"] == pytest.approx(report["uncached_first_loss"], abs=1e-4)
+    assert report["cached_steps_per_s"] > 0 and report["uncached_steps_per_s"] > 0
+    assert report["speedup_cached_vs_uncached"] == pytest.approx(
+        report["cached_steps_per_s"] / report["uncached_steps_per_s"], rel=0.01)
+
+
+def test_every_trainable_parameter_gets_a_gradient(synthetic_data, tmp_path):
+    """Needed for DDP without find_unused_parameters: the dead-end LoRA layers are frozen.
+    (With gradient checkpointing on: the gradients must still reach every LoRA layer.)"""
+    config = tiny_config(synthetic_data, tmp_path / "grads", train={"gradient_checkpointing": True})
+    trainer = Trainer(config_from_dict(config), progress=False)
+    trainer.setup()
+    frozen = {id(p) for p in discarded_condition_lora_parameters(trainer.pipe.transformer)}
+    assert len(frozen) == 4 and not any(p.requires_grad for p in discarded_condition_lora_parameters(trainer.pipe.transformer))
+    batch = next(iter(trainer.dataloader))
+    img_ids, txt_ids = trainer.img_ids, torch.zeros(batch["prompt_embeds"].shape[1], 3)
+    pred = trainer.model(batch["image_tokens"], batch["condition_tokens"], batch["noise"], batch["timestep"],
+                         batch["prompt_embeds"], batch["pooled_prompt_embeds"], img_ids, txt_ids)
+    pred.square().mean().backward()
+    assert not any(id(p) in frozen for p in trainer.trainable)
+    assert all(p.grad is not None for p in trainer.trainable)  # (lora_A's is 0 while lora_B is 0 at init)
+
+
+def test_autoencoder_stage(synthetic_data, tmp_path):
+    from diffusers import AutoencoderKL
+
+    from facemogle.train.trainer import train
+
+    config = tiny_config(synthetic_data, tmp_path / "ae", stage="autoencoder", mode="scratch",
+                         autoencoder={"max_steps": 3, "batch_size": 2, "lr": 1e-3})
+    result = train(config_from_dict(config), progress=False)
+    assert len(result.losses) == 3 and all(np.isfinite(result.losses))
+    vae = AutoencoderKL.from_pretrained(str(result.final_checkpoint))
+    assert vae.config.scaling_factor > 0 and vae.config.shift_factor != 0.1159  # set from the data
+    assert (tmp_path / "ae" / "autoencoder_log.csv").read_text().startswith("step,loss,l1,l2,kl")
+
+
+def test_which_config_changes_block_an_exact_resume():
+    from facemogle.train.trainer import config_changes
+
+    saved = {"seed": 1, "train": {"max_steps": 10, "batch_size": 2}, "data": {"root": "a", "mask_dropout": 0.1},
+             "log": {"every": 1}, "model": {"options": {"seed": 0}}}
+    allowed = {**saved, "train": {"max_steps": 20, "batch_size": 2}, "data": {"root": "b", "mask_dropout": 0.1},
+               "log": {"every": 5}}
+    assert config_changes(saved, allowed, allow_max_steps=True) == []
+    assert config_changes(saved, allowed, allow_max_steps=False) == ["train.max_steps: 10 -> 20"]  # cosine/linear
+    blocked = {**saved, "train": {"max_steps": 10, "batch_size": 4}, "model": {"options": {"seed": 1}}}
+    assert config_changes(saved, blocked, allow_max_steps=True) == [
+        "model.options: {'seed': 0} -> {'seed': 1}", "train.batch_size: 2 -> 4"]
+
+
+def test_training_starts_from_the_given_official_files(synthetic_data, tmp_path):
+    from facemogle.condition import condition_lora_state_dict, save_condition_lora
+    from facemogle.mogle import MoGLE
+    from facemogle.specs import load_pipeline
+
+    source = load_pipeline("tiny-random", seed=7)
+    for name, parameter in source.transformer.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_()
+    save_condition_lora(source.transformer, tmp_path)
+    torch.manual_seed(7)
+    MoGLE().save_official_checkpoint(tmp_path / OFFICIAL_MOGLE_NAME)
+    config = tiny_config(synthetic_data, tmp_path / "out", model={
+        "spec": "tiny-random", "init_lora": str(tmp_path / LORA_WEIGHT_NAME),
+        "init_mogle": str(tmp_path / OFFICIAL_MOGLE_NAME)})
+    trainer = Trainer(config_from_dict(config), progress=False)
+    trainer.setup()
+    expected_lora = load_file(str(tmp_path / LORA_WEIGHT_NAME))
+    loaded_lora = condition_lora_state_dict(trainer.pipe.transformer)
+    assert all(torch.equal(loaded_lora[k], expected_lora[k]) for k in expected_lora)
+    expected_mogle = torch.load(tmp_path / OFFICIAL_MOGLE_NAME, weights_only=True)
+    assert all(torch.equal(trainer.pipe.mogle.state_dict()[k], v) for k, v in expected_mogle.items())
+
+
+def test_bf16_mixed_precision_without_cache(synthetic_data, tmp_path):
+    config = tiny_config(synthetic_data, tmp_path / "bf16", cache={"enabled": False},
+                         train={"mixed_precision": "bf16", "max_steps": 2})
+    trainer = Trainer(config_from_dict(config), progress=False)
+    result = trainer.run()
+    assert len(result.losses) == 2 and all(np.isfinite(result.losses))
+    transformer = trainer.pipe.transformer
+    assert transformer.x_embedder.base_layer.weight.dtype == torch.bfloat16  # frozen base in bf16
+    assert all(p.dtype == torch.float32 for p in trainer.trainable)  # trained weights in fp32
+    assert trainer.pipe.vae.dtype == torch.float32
