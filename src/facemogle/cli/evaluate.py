@@ -10,6 +10,19 @@ Images are paired by file stem: every generated image needs a real photo (``--re
 is a JSON file ``{stem: prompt}``, a ``text.json``-style JSON file ``{"<stem>.jpg": [sentences]}``
 (the first sentence is used), or a folder of ``<stem>.txt`` files (first line). Writes every number
 to a JSON file and, with ``--table``, a markdown table laid out like the paper's Table 1.
+
+The paper's protocol end to end (generate the test set, then evaluate it;
+``facemogle.eval.paper_protocol``)::
+
+    facemogle evaluate --protocol mmcelebahq data/MM-CelebA-HQ --model flux-dev --checkpoint ckpt/ \
+        --mode all --work-dir runs/paper --metrics fid,kid,cmmd,dino,text --inception ... --clip ...
+
+Test ids 27000..29999 present in DATA_DIR (``--limit N``: the first N), the first caption sentence,
+image <id> seeded with ``seed + id``; faces go to ``WORK/<mode>/generated/<id>.png`` (existing ones
+are kept, so an interrupted run resumes), reports to ``WORK/<mode>/eval.json`` and, for all modes
+together, ``-o`` / ``--table`` (default ``WORK/eval.json`` and ``WORK/eval.md``). With
+``--protocol``, ``--seed`` is the generation seed (default 42) and ``--batch-size`` applies to both
+generation (default 4) and metrics (default 32).
 """
 
 from __future__ import annotations
@@ -19,7 +32,28 @@ import json
 from pathlib import Path
 
 from facemogle.errors import InputError
+from facemogle.eval.paper_protocol import (
+    ALL_MODES,
+    DEFAULT_GENERATION_BATCH_SIZE,
+    DEFAULT_LABEL,
+    MODES,
+    PAPER_GUIDANCE,
+    PAPER_NUM_STEPS,
+    PAPER_SEED,
+    PAPER_SIZE,
+    PROTOCOLS,
+)
 from facemogle.eval.protocol import DINO_INPUT_MODES, KID_MAX_SUBSET_SIZE, KID_NUM_SUBSETS, METRICS
+
+#: Metric batch size (both modes) and metrics of ``--protocol`` when none are given.
+DEFAULT_METRIC_BATCH_SIZE = 32
+DEFAULT_METRICS = "fid,kid"
+DEFAULT_PROTOCOL_METRICS = "fid,kid,cmmd,dino,text"
+#: Options of the folder evaluation only, and of ``--protocol`` only (all default to None).
+FOLDER_OPTIONS = ("generated", "real", "masks", "prompts")
+PROTOCOL_OPTIONS = ("data_dir", "model", "base", "lora", "mogle", "checkpoint", "mode", "limit", "steps",
+                    "guidance", "size", "work_dir")
+FLUX_OPTIONS = ("base", "lora", "mogle", "checkpoint")
 
 
 def add_parser(subparsers) -> None:
@@ -29,7 +63,7 @@ def add_parser(subparsers) -> None:
         description="Evaluate a folder of generated faces with the paper's metrics (and the project's mask "
         "mIoU). Other inputs are paired with the generated images by file stem.",
     )
-    p.add_argument("--generated", required=True, type=Path, metavar="DIR", help="folder of generated images")
+    p.add_argument("--generated", type=Path, metavar="DIR", help="folder of generated images")
     p.add_argument("--real", type=Path, metavar="DIR", help="folder of real photos (fid, kid, cmmd, dino)")
     p.add_argument("--masks", type=Path, metavar="DIR", help="folder of the input masks (miou)")
     p.add_argument(
@@ -41,8 +75,8 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument(
         "--metrics",
-        default="fid,kid",
-        help=f"comma-separated, from {','.join(METRICS)} or 'all' (default: fid,kid)",
+        help=f"comma-separated, from {','.join(METRICS)} or 'all' "
+        f"(default: {DEFAULT_METRICS}; with --protocol {DEFAULT_PROTOCOL_METRICS})",
     )
     p.add_argument("--inception", metavar="PATH", help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth)")
     p.add_argument("--clip", metavar="PATH_OR_ID", help="CLIP ViT-B/16 for the text score (openai/clip-vit-base-patch16)")
@@ -59,34 +93,68 @@ def add_parser(subparsers) -> None:
         help="reference: pixels/255 at full resolution, as the paper's script (default); "
         "imagenet: resize + ImageNet normalisation",
     )
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    p.add_argument(
+        "--batch-size", type=int,
+        help=f"images per batch (default {DEFAULT_METRIC_BATCH_SIZE}; with --protocol also per generation call, "
+        f"default {DEFAULT_GENERATION_BATCH_SIZE})",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--offline", action="store_true", help="load hub ids from the local cache only, never download")
     p.add_argument("--kid-subsets", type=int, default=KID_NUM_SUBSETS, help=f"KID subsets (default {KID_NUM_SUBSETS})")
     p.add_argument(
         "--kid-subset-size", type=int, default=KID_MAX_SUBSET_SIZE, help=f"KID max subset size (default {KID_MAX_SUBSET_SIZE})"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the KID subsets (default 0)")
+    p.add_argument(
+        "--seed", type=int,
+        help=f"seed of the KID subsets (default 0); with --protocol the generation seed: image <id> gets "
+        f"seed + id (default {PAPER_SEED}; KID subsets then use 0)",
+    )
     p.add_argument("--cache-dir", type=Path, metavar="DIR", help="feature cache folder (default: .facemogle_cache in each image folder)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cached features")
-    p.add_argument("--label", help="row name in the table (default: the generated folder's name)")
+    p.add_argument(
+        "--label",
+        help=f"row name in the table (default: the generated folder's name; with --protocol '{DEFAULT_LABEL}', "
+        "followed by the mode)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.json", help="JSON report to write")
-    p.add_argument("--table", type=Path, metavar="OUT.md", help="markdown table to write")
+    p.add_argument("-o", "--output", type=Path, metavar="OUT.json",
+                   help="JSON report to write (required without --protocol; default WORK/eval.json)")
+    p.add_argument("--table", type=Path, metavar="OUT.md", help="markdown table to write (--protocol: default WORK/eval.md)")
+
+    protocol = p.add_argument_group("the paper's protocol (generate the test set, then evaluate it)")
+    protocol.add_argument("--protocol", choices=list(PROTOCOLS),
+                          help="mmcelebahq: test ids 27000..29999, first caption sentence; mmffhq: a zero-shot "
+                          "set in the same layout (every image, one seeded sentence each)")
+    protocol.add_argument("data_dir", nargs="?", type=Path, metavar="DATA_DIR",
+                          help="with --protocol: dataset folder (face/, mask/, text/ or text.json)")
+    protocol.add_argument("--model", help="model spec (see `facemogle generate --list-models`; default flux-dev)")
+    protocol.add_argument("--base", help="flux-dev: FLUX.1-dev directory or hub id")
+    protocol.add_argument("--lora", help="flux-dev: official pytorch_lora_weights.safetensors")
+    protocol.add_argument("--mogle", help="flux-dev: official global_local_mask_moe.pt")
+    protocol.add_argument("--checkpoint", help="flux-dev: a training checkpoint directory holding both files")
+    protocol.add_argument("--mode", choices=[*MODES, ALL_MODES],
+                          help="mask+text (default), mask (empty prompt), text (empty mask) or all three")
+    protocol.add_argument("--limit", type=int, metavar="N", help="evaluate the first N images only (smoke runs)")
+    protocol.add_argument("--steps", type=int, help=f"denoising steps (default {PAPER_NUM_STEPS})")
+    protocol.add_argument("--guidance", type=float, help=f"FLUX guidance scale (default {PAPER_GUIDANCE})")
+    protocol.add_argument("--size", type=int, help=f"generated height and width in pixels (default {PAPER_SIZE})")
+    protocol.add_argument("--work-dir", type=Path, metavar="DIR", help="where the generated faces and reports go")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    return ["--" + name.replace("_", "-") if name != "data_dir" else "DATA_DIR" for name in names
+            if getattr(args, name) is not None]
+
+
+def _evaluation_settings(args: argparse.Namespace, metrics: str, seed: int):
     import torch
 
-    from facemogle.eval.evaluate import EvaluationSettings, evaluate, parse_metrics
-    from facemogle.eval.report import render_markdown
+    from facemogle.eval.evaluate import EvaluationSettings, parse_metrics
 
-    if args.output.suffix.lower() != ".json":
-        raise InputError(f"output {args.output} must end in .json")
-    settings = EvaluationSettings(
+    return EvaluationSettings(
         generated=args.generated,
-        metrics=parse_metrics(args.metrics),
+        metrics=parse_metrics(metrics),
         real=args.real,
         masks=args.masks,
         prompts=args.prompts,
@@ -96,25 +164,91 @@ def run(args: argparse.Namespace) -> int:
         dino=args.dino,
         parser=args.parser,
         image_reward=args.image_reward,
-        batch_size=args.batch_size,
+        batch_size=DEFAULT_METRIC_BATCH_SIZE if args.batch_size is None else args.batch_size,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
         local_files_only=args.offline,
         cache=not args.no_cache,
         cache_dir=args.cache_dir,
         kid_subsets=args.kid_subsets,
         kid_subset_size=args.kid_subset_size,
-        seed=args.seed,
+        seed=seed,
         dino_input=args.dino_input,
         label=args.label,
         progress=not args.quiet,
     )
-    report = evaluate(settings)
-    table = render_markdown(report)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    if args.table is not None:
-        args.table.parent.mkdir(parents=True, exist_ok=True)
-        args.table.write_text(table, encoding="utf-8")
+
+
+def _write(report: dict, table: str, output: Path, table_path: Path | None) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if table_path is not None:
+        table_path.parent.mkdir(parents=True, exist_ok=True)
+        table_path.write_text(table, encoding="utf-8")
     print(table, end="")
-    print(f"wrote {args.output}" + (f" and {args.table}" if args.table is not None else ""))
+    print(f"wrote {output}" + (f" and {table_path}" if table_path is not None else ""))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.protocol is not None:
+        return run_protocol(args)
+    if args.generated is None:
+        raise InputError("give --generated DIR (a folder of generated images) or --protocol NAME DATA_DIR")
+    stray = _given(args, PROTOCOL_OPTIONS)
+    if stray:
+        raise InputError(f"{', '.join(stray)} only apply with --protocol")
+    if args.output is None:
+        raise InputError("give -o OUT.json, the JSON report to write")
+    if args.output.suffix.lower() != ".json":
+        raise InputError(f"output {args.output} must end in .json")
+
+    from facemogle.eval.evaluate import evaluate
+    from facemogle.eval.report import render_markdown
+
+    report = evaluate(_evaluation_settings(args, args.metrics or DEFAULT_METRICS, 0 if args.seed is None else args.seed))
+    _write(report, render_markdown(report), args.output, args.table)
+    return 0
+
+
+def run_protocol(args: argparse.Namespace) -> int:
+    """``--protocol NAME DATA_DIR``: generate the protocol's images, then evaluate them."""
+    from facemogle.eval import paper_protocol
+    from facemogle.specs import DEFAULT_MODEL
+
+    stray = _given(args, FOLDER_OPTIONS)
+    if stray:
+        raise InputError(f"{', '.join(stray)} cannot be combined with --protocol (they come from DATA_DIR)")
+    if args.data_dir is None or args.work_dir is None:
+        raise InputError(f"--protocol {args.protocol} needs DATA_DIR and --work-dir DIR")
+    model = args.model or DEFAULT_MODEL
+    flux_options = {name: getattr(args, name) for name in FLUX_OPTIONS if getattr(args, name) is not None}
+    if flux_options and model != "flux-dev":
+        raise InputError(f"--{'/--'.join(flux_options)} only apply to --model flux-dev, not {model}")
+    output = args.output or args.work_dir / paper_protocol.REPORT_NAME
+    table_path = args.table or args.work_dir / paper_protocol.TABLE_NAME
+    if output.suffix.lower() != ".json":
+        raise InputError(f"output {output} must end in .json")
+
+    generation = paper_protocol.GenerationSettings(
+        model=model,
+        model_options=flux_options,
+        steps=PAPER_NUM_STEPS if args.steps is None else args.steps,
+        guidance=PAPER_GUIDANCE if args.guidance is None else args.guidance,
+        size=PAPER_SIZE if args.size is None else args.size,
+        seed=PAPER_SEED if args.seed is None else args.seed,
+        batch_size=DEFAULT_GENERATION_BATCH_SIZE if args.batch_size is None else args.batch_size,
+        device=args.device,
+    )
+    settings = paper_protocol.ProtocolSettings(
+        protocol=args.protocol,
+        data_dir=args.data_dir,
+        work_dir=args.work_dir,
+        modes=paper_protocol.parse_modes(args.mode or "mask+text"),
+        limit=args.limit,
+        generation=generation,
+        label=args.label or DEFAULT_LABEL,
+        progress=not args.quiet,
+    )
+    evaluation = _evaluation_settings(args, args.metrics or DEFAULT_PROTOCOL_METRICS, 0)
+    result = paper_protocol.run_protocol(settings, evaluation)
+    _write(result, paper_protocol.render_protocol_markdown(result), output, table_path)
     return 0
