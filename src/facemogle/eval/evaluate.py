@@ -120,7 +120,7 @@ def load_face_parser(path_or_none: str | None):
     return load_parser(path_or_none)
 
 
-def _check_settings(settings: EvaluationSettings, metrics: tuple[str, ...]) -> None:
+def check_settings(settings: EvaluationSettings, metrics: tuple[str, ...]) -> None:
     if settings.batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {settings.batch_size}")
     if settings.dino_input not in DINO_INPUT_MODES:
@@ -361,7 +361,7 @@ def evaluate(settings: EvaluationSettings, *, parser=None) -> dict:
         CheckpointError: a model cannot be loaded.
     """
     metrics = parse_metrics(settings.metrics)
-    _check_settings(settings, metrics)
+    check_settings(settings, metrics)
     return _Evaluation(settings, metrics, parser).run()
 
 

@@ -376,7 +376,7 @@ def run_protocol(settings: ProtocolSettings, evaluation, *, parser=None) -> dict
         InputError: see :func:`select_images`, :func:`prepare_mode_folder` and ``evaluate``.
     """
     from facemogle.data.datasets import MM_CELEBA_HQ
-    from facemogle.eval.evaluate import _check_settings, evaluate, parse_metrics
+    from facemogle.eval.evaluate import check_settings, evaluate, parse_metrics
     from facemogle.eval.report import render_markdown
 
     protocol = get_protocol(settings.protocol)
@@ -404,7 +404,7 @@ def run_protocol(settings: ProtocolSettings, evaluation, *, parser=None) -> dict
             cache_dir=evaluation.cache_dir or work_dir / FEATURE_CACHE_FOLDER,
             label=row_label(settings.label, protocol, mode),
         )
-        _check_settings(mode_evaluation, metrics)
+        check_settings(mode_evaluation, metrics)
         plans.append((mode, folder, mode_evaluation, generation_manifest(protocol, mode, data_dir, generation)))
     for mode, folder, _, manifest in plans:
         prepare_mode_folder(folder, manifest, stems)
@@ -440,8 +440,8 @@ def run_protocol(settings: ProtocolSettings, evaluation, *, parser=None) -> dict
 def render_protocol_markdown(result: dict) -> str:
     """One table in the layout of the paper's Table 1 with a row per mode of ``result`` (of
     :func:`run_protocol`), then the mask-control scores; per-mode details are in ``<mode>/eval.md``."""
-    from facemogle.eval.protocol import DINO_REFERENCE_BATCH_SIZE, PAPER_TABLE1
-    from facemogle.eval.report import PERCENT, TABLE1_COLUMNS, _cell, _row
+    from facemogle.eval.protocol import DINO_REFERENCE_BATCH_SIZE
+    from facemogle.eval.report import MASK_CONTROL_TITLE, mask_control_rows, table1_rows
 
     runs = result["runs"]
     first = runs[0]["protocol"]
@@ -453,33 +453,13 @@ def render_protocol_markdown(result: dict) -> str:
         f"{generation['guidance_scale']}, {generation['size']} px, seed {generation['seed']} "
         f"(image <id>: {generation['seed_rule']}); captions: {first['sentence_rule']}.",
         "",
-        _row(["Method"] + [header for header, _, _ in TABLE1_COLUMNS]),
-        _row(["---"] * (len(TABLE1_COLUMNS) + 1)),
-    ]
-    for name, values in PAPER_TABLE1:
-        lines.append(_row([name] + [_cell(values.get(key), decimals) for _, key, decimals in TABLE1_COLUMNS]))
-    for report in runs:
-        metrics = report["metrics"]
-        lines.append(_row([f"**{report['label']}**"] + [_cell(metrics.get(key), d) for _, key, d in TABLE1_COLUMNS]))
-    lines += [
+        *table1_rows(runs),
         "",
         "KID and CMMD are x 1000. Mask = DINO ViT-B/8 structure distance as the paper's script reports it "
         f"(per-image MSEs summed per batch of {DINO_REFERENCE_BATCH_SIZE}, averaged over batches).",
     ]
-    with_miou = [report for report in runs if report["metrics"].get("mask_miou") is not None]
-    if with_miou:
-        lines += [
-            "",
-            "## Mask control (face parsing of the generated images vs the input masks; not in the paper)",
-            "",
-            _row(["Method", "mIoU (%) ↑", "pixel accuracy (%) ↑", "mIoU per image (%) ↑"]),
-            _row(["---"] * 4),
-        ]
-        for report in with_miou:
-            metrics = report["metrics"]
-            lines.append(_row([f"**{report['label']}**"] + [
-                _cell(metrics[key] * PERCENT, 2) for key in ("mask_miou", "mask_pixel_accuracy", "mask_miou_per_image")
-            ]))
+    if any(report["metrics"].get("mask_miou") is not None for report in runs):
+        lines += ["", MASK_CONTROL_TITLE, "", *mask_control_rows(runs)]
     return "\n".join(lines) + "\n"
 
 

@@ -36,22 +36,52 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def render_markdown(report: dict, *, paper_rows: bool = True) -> str:
-    """Markdown text of ``report`` (the dictionary ``facemogle.eval.evaluate.evaluate`` returns)."""
-    metrics = report["metrics"]
-    label = report.get("label") or "this run"
-    inputs = report["inputs"]
+def table1_rows(reports: list[dict], *, paper_rows: bool = True) -> list[str]:
+    """Markdown lines of a Table-1-style table: the paper's rows (optional), then one row per report."""
     lines = [
-        "## Generation quality (layout of the paper's Table 1)",
-        "",
         _row(["Method"] + [header for header, _, _ in TABLE1_COLUMNS]),
         _row(["---"] * (len(TABLE1_COLUMNS) + 1)),
     ]
     if paper_rows:
         for name, values in PAPER_TABLE1:
             lines.append(_row([name] + [_cell(values.get(key), d) for _, key, d in TABLE1_COLUMNS]))
-    lines.append(_row([f"**{label}**"] + [_cell(metrics.get(key), d) for _, key, d in TABLE1_COLUMNS]))
-    lines += [
+    for report in reports:
+        label = report.get("label") or "this run"
+        metrics = report["metrics"]
+        lines.append(_row([f"**{label}**"] + [_cell(metrics.get(key), d) for _, key, d in TABLE1_COLUMNS]))
+    return lines
+
+
+MASK_CONTROL_TITLE = "## Mask control (face parsing of the generated images vs the input masks; not in the paper)"
+
+
+def mask_control_rows(reports: list[dict]) -> list[str]:
+    """Markdown lines of the mIoU / pixel-accuracy table, one row per report that has them."""
+    lines = [
+        _row(["Method", "mIoU (%) ↑", "pixel accuracy (%) ↑", "mIoU per image (%) ↑"]),
+        _row(["---"] * 4),
+    ]
+    for report in reports:
+        metrics = report["metrics"]
+        if metrics.get("mask_miou") is None:
+            continue
+        lines.append(
+            _row(
+                [f"**{report.get('label') or 'this run'}**"]
+                + [_cell(metrics[key] * PERCENT, 2) for key in ("mask_miou", "mask_pixel_accuracy", "mask_miou_per_image")]
+            )
+        )
+    return lines
+
+
+def render_markdown(report: dict, *, paper_rows: bool = True) -> str:
+    """Markdown text of ``report`` (the dictionary ``facemogle.eval.evaluate.evaluate`` returns)."""
+    metrics = report["metrics"]
+    inputs = report["inputs"]
+    lines = [
+        "## Generation quality (layout of the paper's Table 1)",
+        "",
+        *table1_rows([report], paper_rows=paper_rows),
         "",
         f"{inputs['num_images']} generated images from `{inputs['generated']}`"
         + (f", real photos from `{inputs['real']}`" if inputs.get("real") else "")
@@ -64,20 +94,7 @@ def render_markdown(report: dict, *, paper_rows: bool = True) -> str:
         ),
     ]
     if metrics.get("mask_miou") is not None:
-        lines += [
-            "",
-            "## Mask control (face parsing of the generated images vs the input masks; not in the paper)",
-            "",
-            _row(["Method", "mIoU (%) ↑", "pixel accuracy (%) ↑", "mIoU per image (%) ↑"]),
-            _row(["---"] * 4),
-            _row(
-                [f"**{label}**"]
-                + [_cell(metrics[key] * PERCENT, 2) for key in ("mask_miou", "mask_pixel_accuracy", "mask_miou_per_image")]
-            ),
-            "",
-            _row(["class", "IoU (%)"]),
-            _row(["---", "---"]),
-        ]
+        lines += ["", MASK_CONTROL_TITLE, "", *mask_control_rows([report]), "", _row(["class", "IoU (%)"]), _row(["---", "---"])]
         for name, iou in metrics["mask_per_class_iou"].items():
             lines.append(_row([name, _cell(iou * PERCENT, 2)]))
     return "\n".join(lines) + "\n"
