@@ -92,3 +92,15 @@ def test_bad_mask_and_bad_checkpoint_files(golden_dir, tmp_path, capsys):
         "-o", str(tmp_path / "o.png"),
     )
     assert code == 2 and "Traceback" not in err and "lora.safetensors" in err
+
+
+def test_checkpoint_holding_a_whole_pipeline(tmp_path, capsys):
+    from facemogle.specs import load_pipeline
+
+    load_pipeline("tiny-random", seed=3).save_pretrained(tmp_path / "checkpoint-10" / "pipeline")
+    out = tmp_path / "o.png"
+    code, _, err = run_cli(capsys, "--checkpoint", str(tmp_path / "checkpoint-10"), "--steps", "1", "-o", str(out))
+    assert code == 0, err
+    assert Image.open(out).size == (64, 64)  # the saved pipeline's own default size
+    code, _, err = run_cli(capsys, "--checkpoint", str(tmp_path / "checkpoint-10"), "--lora", "x", "-o", str(out))
+    assert code == 2 and "do not apply" in err

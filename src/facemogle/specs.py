@@ -155,6 +155,37 @@ def build_flux_dev(
     return pipe.to(device)
 
 
+SAVED_PIPELINE_DIR = "pipeline"  # where a scratch-mode training checkpoint keeps its whole pipeline
+
+
+def saved_pipeline_dir(path: str | os.PathLike) -> Path | None:
+    """``path`` or ``path/pipeline`` if it holds a ``FaceMoGLEPipeline.save_pretrained`` directory."""
+    for candidate in (Path(path), Path(path) / SAVED_PIPELINE_DIR):
+        if (candidate / "model_index.json").is_file():
+            return candidate
+    return None
+
+
+@register("saved", "a directory written by FaceMoGLEPipeline.save_pretrained (or a scratch-mode training checkpoint)")
+def build_saved(path: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+    """Load a whole saved pipeline: every component, the condition LoRA and MoGLE."""
+    from facemogle.pipeline import FaceMoGLEPipeline
+
+    directory = saved_pipeline_dir(path)
+    if directory is None:
+        raise CheckpointError(f"{path} holds no saved pipeline (no model_index.json in it or in {SAVED_PIPELINE_DIR}/)")
+    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    return FaceMoGLEPipeline.from_pretrained(str(directory), **kwargs).to(device or "cpu")
+
+
+def checkpoint_spec(checkpoint: str | os.PathLike) -> tuple[str, dict]:
+    """Which spec loads a checkpoint directory: a whole saved pipeline ("saved"), or the official
+    LoRA + MoGLE files on a FLUX.1-dev base ("flux-dev")."""
+    if saved_pipeline_dir(checkpoint) is not None:
+        return "saved", {"path": checkpoint}
+    return "flux-dev", {"checkpoint": checkpoint}
+
+
 # Sizes of the in-memory test model: a few layers, random weights (the same shapes as the golden
 # tiny model, whose transformer/VAE/encoders use these widths).
 TINY_RANDOM_TRANSFORMER = dict(

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from facemogle.specs import SAVED_PIPELINE_DIR
 from facemogle.errors import CheckpointError
 
 CHECKPOINT_FORMAT_VERSION = 1
@@ -62,7 +63,7 @@ CONFIG_NAME = "config.yaml"
 OPTIMIZER_NAME = "optimizer.pt"
 SCHEDULER_NAME = "lr_scheduler.pt"
 SCALER_NAME = "grad_scaler.pt"
-PIPELINE_DIR = "pipeline"
+PIPELINE_DIR = SAVED_PIPELINE_DIR
 STEP_PATTERN = re.compile(r"^step-(\d{8})$")
 
 
@@ -212,14 +213,12 @@ def load_checkpoint_pipeline(checkpoint: str | os.PathLike, device: str | torch.
                              dtype: torch.dtype | None = None):
     """The full pipeline of a scratch-mode checkpoint (``FaceMoGLEPipeline.from_pretrained`` of
     ``pipeline/``, which holds its LoRA file too)."""
-    from facemogle.pipeline import FaceMoGLEPipeline
+    from facemogle.specs import load_pipeline
 
-    checkpoint = Path(checkpoint)
-    if not (checkpoint / PIPELINE_DIR / "model_index.json").is_file():
+    if not (Path(checkpoint) / PIPELINE_DIR / "model_index.json").is_file():
         raise CheckpointError(f"{checkpoint} has no {PIPELINE_DIR}/ (only scratch-mode checkpoints save the whole "
                               "pipeline; load adapter checkpoints with load_pipeline('flux-dev', checkpoint=...))")
-    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
-    return FaceMoGLEPipeline.from_pretrained(str(checkpoint / PIPELINE_DIR), **kwargs).to(device)
+    return load_pipeline("saved", path=checkpoint, device=device, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------- listing
