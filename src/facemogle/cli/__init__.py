@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from facemogle import __version__
@@ -27,6 +28,14 @@ COMMAND_MODULES = [
 EXIT_USER_ERROR = 2
 
 
+class _NoTorchvisionNotice(logging.Filter):
+    """facemogle never uses torchvision (it has no CPU build here); transformers' notice that it
+    falls back to its PIL image processors without it is noise on every command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facemogle",
@@ -40,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionNotice())
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
