@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.facemogle-installed
 
-.PHONY: venv test demo clean
+.PHONY: venv test demo parser clean tiny-model
 
 venv: $(STAMP)
 
@@ -27,6 +27,16 @@ test: venv
 demo: venv
 	$(VENV)/bin/facemogle mask show src/facemogle/assets/masks/example.png -o out/demo_mask.png
 	@echo "wrote out/demo_mask.png"
+
+# Reproduce the bundled CPU model (about 2 hours on 2 cores): captions, split, autoencoder, text
+# encoders, diffusion from scratch, export to src/facemogle/weights/tiny (scripts/train_tiny_model.py).
+tiny-model: venv
+	$(PY) scripts/train_tiny_model.py --config configs/tiny.yaml --work-dir runs/tiny-model
+
+# Reproduce the shipped face parser (about an hour on 2 CPU cores; needs ../shared).
+parser: venv
+	$(PY) scripts/train_parser.py --data ../shared/data/celebamask-hq-mini \
+		--output src/facemogle/weights/parser --work-dir out/parser-work --epochs 50
 
 clean:
 	rm -rf $(VENV) out

@@ -1,0 +1,410 @@
+#!/usr/bin/env python
+"""Train the shipped face parser (``facemogle.eval.parser.FaceParser``) on a CelebAMask-HQ-style folder.
+
+One command (the recipe of ``src/facemogle/weights/parser``; CPU, one thread):
+
+    python scripts/train_parser.py --data ../shared/data/celebamask-hq-mini \\
+        --output src/facemogle/weights/parser --work-dir /tmp/facemogle-parser
+
+What it does:
+
+1. Splits the folder's stems with ``facemogle.data.splits`` (``--num-val`` val images, hash rule) and
+   writes the split to ``WORK_DIR/split.json``.
+2. Decodes every training pair once at the model's ``sample_size`` (photos with the parser's own
+   ``resize_photo``, masks with nearest neighbour) and keeps them in memory as uint8.
+3. Trains with batch-level augmentation in torch (horizontal flip with left/right class swap,
+   small rotation/scale/shift, brightness/contrast/saturation jitter, rare greyscale), loss =
+   cross-entropy + soft Dice, AdamW, one warm-up epoch then a cosine decay to zero; bf16 autocast
+   where the CPU supports it. Seeded: the same command gives the same weights on the same machine.
+4. Checkpoints every epoch to ``WORK_DIR/checkpoint.pt`` (``--resume`` continues from it).
+5. Saves the final weights with ``save_pretrained`` to ``--output``, re-loads them with
+   ``load_parser``, measures validation IoU with ``evaluate_parser`` (full resolution) and the CPU
+   time of ``parse`` on one 512 x 512 photo, and writes ``MODEL_CARD.md`` + ``metrics.json`` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from facemogle.data.splits import DEFAULT_NUM_VAL, DEFAULT_SALT, SPLIT_RULE, split_folder, write_split
+from facemogle.eval.parser import (
+    FaceParser,
+    evaluate_parser,
+    find_image,
+    iou_per_class,
+    confusion_matrix,
+    load_parser,
+    mirrored_class_ids,
+    resize_photo,
+)
+from facemogle.labels import CLASS_NAMES, NUM_CLASSES
+from facemogle.masks import load_mask
+
+CHECKPOINT_NAME = "checkpoint.pt"
+SPLIT_NAME = "split.json"
+TIMING_PHOTO_SIZE = 512
+TIMING_THREADS = (1, 2)
+TIMING_REPEATS = 10
+
+
+def flip_lut() -> torch.Tensor:
+    """``lut[id]`` = the id after a horizontal flip (left/right eye, eyebrow and ear swapped)."""
+    return mirrored_class_ids()
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+def load_pairs(data_dir: Path, stems: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, size, size, 3) uint8 photos and (N, size, size) uint8 official ids."""
+    photos = np.empty((len(stems), size, size, 3), dtype=np.uint8)
+    masks = np.empty((len(stems), size, size), dtype=np.uint8)
+    for index, stem in enumerate(tqdm(stems, desc="decoding", mininterval=5, file=sys.stdout)):
+        with Image.open(find_image(data_dir / "images", stem)) as photo:
+            photos[index] = resize_photo(photo, size)
+        ids = load_mask(data_dir / "masks" / f"{stem}.png")
+        masks[index] = np.asarray(Image.fromarray(ids).resize((size, size), Image.NEAREST))
+    return torch.from_numpy(photos), torch.from_numpy(masks)
+
+
+def augment(
+    photos: torch.Tensor, masks: torch.Tensor, args: argparse.Namespace, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, S, S, 3) uint8 + (B, S, S) uint8 -> (B, 3, S, S) float in [-1, 1] + (B, S, S) int64."""
+    batch = photos.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(batch, generator=generator)
+
+    images = photos.permute(0, 3, 1, 2).float() / 255.0  # (B, 3, S, S)
+    labels = masks.long()  # (B, S, S)
+
+    flip = torch.rand(batch, generator=generator) < 0.5
+    images[flip] = images[flip].flip(-1)
+    labels[flip] = FLIP_LUT[labels[flip].flip(-1)]
+
+    # Rotation / scale / shift; theta maps output coordinates to input coordinates.
+    angle = torch.deg2rad(uniform(-args.max_rotation, args.max_rotation))
+    zoom = torch.exp(uniform(-math.log(args.max_scale), math.log(args.max_scale)))
+    shift = torch.stack([uniform(-args.max_shift, args.max_shift), uniform(-args.max_shift, args.max_shift)], 1)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)  # (B, S, S, 2)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="reflection", align_corners=False)
+    labels = labels[:, 0].round().long()
+
+    # Colour: brightness, contrast, saturation, occasional greyscale.
+    grey = (images * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)  # (B, 1, S, S)
+    saturation = uniform(1 - args.color_jitter, 1 + args.color_jitter).view(batch, 1, 1, 1)
+    saturation[torch.rand(batch, generator=generator) < args.greyscale_prob] = 0.0
+    images = grey + saturation * (images - grey)
+    contrast = uniform(1 - args.color_jitter, 1 + args.color_jitter).view(batch, 1, 1, 1)
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    images = mean + contrast * (images - mean)
+    images = images * uniform(1 - args.color_jitter, 1 + args.color_jitter).view(batch, 1, 1, 1)
+    images = images.clamp(0.0, 1.0) * 2.0 - 1.0
+    return images, labels
+
+
+FLIP_LUT = flip_lut()
+
+
+# --------------------------------------------------------------------------------------------
+# Loss, schedule, quick validation
+# --------------------------------------------------------------------------------------------
+
+
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, dice_weight: float) -> torch.Tensor:
+    """Cross-entropy + ``dice_weight`` x (1 - soft Dice averaged over classes, pooled over the batch).
+
+    logits (B, C, S, S) float32, labels (B, S, S) int64. The Dice terms are gathered per class with
+    ``index_add`` / ``bincount`` instead of a one-hot tensor (same value, far less memory traffic).
+    """
+    num_classes = logits.shape[1]
+    log_probabilities = logits.log_softmax(dim=1)  # (B, C, S, S)
+    cross_entropy = F.nll_loss(log_probabilities, labels)
+    if dice_weight == 0:
+        return cross_entropy
+    probabilities = log_probabilities.exp()
+    flat_labels = labels.reshape(-1)
+    true_class_probability = probabilities.gather(1, labels[:, None]).reshape(-1)  # (B*S*S,)
+    intersection = torch.zeros(num_classes).index_add(0, flat_labels, true_class_probability)  # (C,)
+    target_count = torch.bincount(flat_labels, minlength=num_classes).to(probabilities.dtype)  # (C,)
+    total = probabilities.sum(dim=(0, 2, 3)) + target_count  # (C,)
+    dice = (2.0 * intersection + 1.0) / (total + 1.0)
+    return cross_entropy + dice_weight * (1.0 - dice.mean())
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def quick_val_iou(model: FaceParser, photos: torch.Tensor, masks: torch.Tensor, batch_size: int) -> np.ndarray:
+    """Per-class IoU at the model's sample size (cheap progress signal; the card uses evaluate_parser)."""
+    model.eval()
+    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    for start in range(0, len(photos), batch_size):
+        pixels = FaceParser.normalize(photos[start : start + batch_size].permute(0, 3, 1, 2))
+        predicted = model(pixels, output_size=tuple(masks.shape[-2:])).argmax(1)
+        confusion += confusion_matrix(predicted.numpy(), masks[start : start + batch_size].numpy())
+    model.train()
+    return iou_per_class(confusion)
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=Path("../shared/data/celebamask-hq-mini"))
+    p.add_argument("--output", type=Path, default=Path("src/facemogle/weights/parser"))
+    p.add_argument("--work-dir", type=Path, default=Path("/tmp/facemogle-parser"))
+    p.add_argument("--resume", action="store_true", help="continue from WORK_DIR/checkpoint.pt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads for training")
+    p.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL)
+    p.add_argument("--split-salt", default=DEFAULT_SALT)
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--max-train-minutes", type=float, default=None, help="stop early (sanity runs)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--dice-weight", type=float, default=1.0)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
+    p.add_argument("--block-channels", type=int, nargs="+", default=[24, 48, 96, 160, 256])
+    p.add_argument("--convs-per-block", type=int, default=2)
+    p.add_argument("--sample-size", type=int, default=256)
+    p.add_argument("--max-rotation", type=float, default=12.0, help="degrees")
+    p.add_argument("--max-scale", type=float, default=1.15)
+    p.add_argument("--max-shift", type=float, default=0.06, help="fraction of the half-width")
+    p.add_argument("--color-jitter", type=float, default=0.25)
+    p.add_argument("--greyscale-prob", type=float, default=0.05)
+    p.add_argument("--val-every", type=int, default=5, help="quick val IoU every N epochs")
+    p.add_argument("--weights-dtype", choices=("float16", "float32"), default="float16", help="storage dtype")
+    p.add_argument("--no-final", action="store_true", help="skip save/evaluate/card (sanity runs)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    recipe_args = [a for a in (argv or sys.argv[1:]) if a != "--resume"]  # resuming does not change the result
+    command = "python scripts/train_parser.py " + " ".join(shlex.quote(a) for a in recipe_args)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+
+    split = split_folder(args.data, num_val=args.num_val, salt=args.split_salt)
+    write_split(split, args.work_dir / SPLIT_NAME)
+    print(f"split: {len(split.train)} train / {len(split.val)} val, val fingerprint {split.fingerprint[:16]}")
+    train_photos, train_masks = load_pairs(args.data, list(split.train), args.sample_size)
+    val_photos, val_masks = load_pairs(args.data, list(split.val), args.sample_size)
+
+    model = FaceParser(
+        block_channels=tuple(args.block_channels),
+        convs_per_block=args.convs_per_block,
+        sample_size=args.sample_size,
+    )
+    print(f"FaceParser: {sum(p.numel() for p in model.parameters()):,} parameters")
+    model = model.to(memory_format=torch.channels_last)  # faster oneDNN convolutions on CPU
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = len(train_photos) // args.batch_size
+    total_steps = steps_per_epoch * args.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps_per_epoch, total_steps)
+    )
+    generator = torch.Generator().manual_seed(args.seed)
+    start_epoch, train_seconds = 0, 0.0
+    checkpoint_path = args.work_dir / CHECKPOINT_NAME
+    if args.resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        start_epoch, train_seconds = int(state["epoch"]), float(state["train_seconds"])
+        print(f"resumed after epoch {start_epoch} ({train_seconds / 60:.1f} min trained)")
+
+    use_bf16 = args.bf16 and torch.backends.mkldnn.is_available()
+    model.train()
+    for epoch in range(start_epoch, args.epochs):
+        epoch_start = time.time()
+        order = torch.randperm(len(train_photos), generator=generator)
+        losses = []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", mininterval=20, file=sys.stdout)
+        for step in bar:
+            index = order[step * args.batch_size : (step + 1) * args.batch_size]
+            images, labels = augment(train_photos[index], train_masks[index], args, generator)
+            images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                logits = model(images, output_size=tuple(labels.shape[-2:]))
+            logits = logits.float().contiguous()  # (B, C, S, S)
+            loss = segmentation_loss(logits, labels, args.dice_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
+        bar.close()
+        train_seconds += time.time() - epoch_start
+        message = f"epoch {epoch + 1}: loss {np.mean(losses):.4f}, {time.time() - epoch_start:.0f} s"
+        if (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs:
+            ious = quick_val_iou(model, val_photos, val_masks, args.batch_size)
+            message += f", quick val mIoU {np.nanmean(ious):.4f} " + " ".join(f"{v:.2f}" for v in ious)
+        print(message, flush=True)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "epoch": epoch + 1,
+                "train_seconds": train_seconds,
+            },
+            checkpoint_path,
+        )
+        if args.max_train_minutes is not None and train_seconds > 60 * args.max_train_minutes:
+            print(f"stopping: {args.max_train_minutes} min of training reached")
+            break
+    if args.no_final:
+        return 0
+
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    args.output.mkdir(parents=True, exist_ok=True)
+    model.to(getattr(torch, args.weights_dtype)).save_pretrained(args.output)  # load_parser computes in float32
+    parser = load_parser(args.output)
+    metrics = evaluate_parser(parser, args.data, split.val)
+    seconds = {}
+    for threads in TIMING_THREADS:
+        torch.set_num_threads(threads)
+        seconds[threads] = time_parse(parser, args.data / "images", split.val[0])
+    weights_bytes = sum(p.stat().st_size for p in args.output.glob("*.safetensors"))
+    report = {
+        "command": command,
+        "train_minutes": round(train_seconds / 60, 1),
+        "epochs": args.epochs,
+        "threads": args.threads,
+        "parameters": sum(p.numel() for p in parser.parameters()),
+        "weights_bytes": weights_bytes,
+        "split": {"rule": SPLIT_RULE, "salt": split.salt, "num_val": len(split.val), "num_train": len(split.train),
+                  "val_fingerprint": split.fingerprint},
+        "mean_iou": metrics["mean_iou"],
+        "per_class_iou": metrics["per_class_iou"],
+        "parse_seconds_512": {f"{threads}_threads": value for threads, value in seconds.items()},
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
+    (args.output / "metrics.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.output / "MODEL_CARD.md").write_text(model_card(report))
+    print(json.dumps({k: report[k] for k in ("mean_iou", "train_minutes", "parse_seconds_512")}))
+    return 0
+
+
+def time_parse(parser, images_dir: Path, stem: str) -> float:
+    """Median wall time of ``parser.parse`` on one photo resized to 512 x 512, 2 threads."""
+    with Image.open(find_image(images_dir, stem)) as photo:
+        photo = photo.convert("RGB").resize((TIMING_PHOTO_SIZE, TIMING_PHOTO_SIZE), Image.BILINEAR)
+    parser.parse(photo)  # warm-up
+    times = []
+    for _ in range(TIMING_REPEATS):
+        start = time.perf_counter()
+        parser.parse(photo)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def model_card(report: dict) -> str:
+    rows = "\n".join(
+        f"| {i} | {name} | {report['per_class_iou'][name]:.4f} |" for i, name in enumerate(CLASS_NAMES)
+    )
+    split = report["split"]
+    timings = "\n".join(
+        f"- {name.replace('_', ' ')}: **{seconds * 1000:.0f} ms**" for name, seconds in report["parse_seconds_512"].items()
+    )
+    return f"""# facemogle face parser (FaceParser, compact U-Net)
+
+Photo -> face mask in the official CelebAMask-HQ label order (19 classes). Loaded by
+`facemogle.eval.parser.load_parser()` and used by `facemogle parse`.
+
+## Licence: non-commercial research and education only
+
+Trained on **celebamask-hq-mini**: 900 real CelebAMask-HQ 512x512 image/mask pairs (the "mini" set of
+a university face-parsing course, as committed in the public GitHub repo
+anamikakolady/CelebAMask-Face-Parsing, commit 2501c452, folder CelebAMask_Face_Parsing/dev-public/train).
+CelebAMask-HQ is licensed for **non-commercial research and educational purposes only**; these
+weights carry the same restriction. The facemogle code is Apache-2.0; the weights are not.
+
+## Model
+
+- `FaceParser`: {report['parameters']:,} parameters, safetensors weights {report['weights_bytes'] / 1e6:.1f} MB (stored as
+  {report['args']['weights_dtype']}, computed in float32; every number below is measured on the stored weights).
+- Input: RGB photo resized to {report['args']['sample_size']}x{report['args']['sample_size']} (bilinear), scaled to [-1, 1], plus (y, x)
+  coordinate channels; logits at half that size, averaged with the logits of the mirrored photo
+  (left/right classes swapped back; config `test_time_flip`), bilinearly upsampled to the photo's
+  size, argmax.
+- Trained from scratch (no pretrained backbone).
+
+## Recipe
+
+```
+{report['command']}
+```
+
+Training: {report['epochs']} epochs, batch {report['args']['batch_size']}, AdamW (lr {report['args']['lr']}, weight decay
+{report['args']['weight_decay']}), 1 warm-up epoch then cosine decay, cross-entropy + {report['args']['dice_weight']} x soft Dice,
+bf16 autocast = {report['args']['bf16']}, seed {report['args']['seed']}. Augmentation: horizontal flip with left/right eye,
+eyebrow and ear swap; rotation +-{report['args']['max_rotation']} deg, scale x/÷{report['args']['max_scale']}, shift +-{report['args']['max_shift']};
+brightness/contrast/saturation +-{report['args']['color_jitter']}, greyscale p={report['args']['greyscale_prob']}.
+Training time: **{report['train_minutes']} min** on {report['threads']} CPU thread(s) (Intel Xeon, 2 cores shared).
+
+## Validation split
+
+`facemogle.data.splits.split_folder(data, num_val={split['num_val']}, salt={split['salt']!r})`: {split['rule']}.
+{split['num_train']} train / {split['num_val']} val images. Val fingerprint (sha256 of the sorted val stems):
+`{split['val_fingerprint']}`.
+
+## Validation IoU
+
+Protocol (`facemogle.eval.parser.evaluate_parser`): every val photo parsed at its full 512x512
+resolution, one confusion matrix accumulated over all val pixels, IoU = TP / (TP + FP + FN) per class.
+
+Validation mean IoU ({NUM_CLASSES} classes): **{report['mean_iou']:.4f}**
+
+| id | class | IoU |
+| --- | --- | --- |
+{rows}
+
+## Speed
+
+`parse` on one 512x512 photo, CPU, float32, test-time flip on (two forward passes), decoding
+excluded, resize and upsampling included, median of {TIMING_REPEATS}:
+{timings}
+
+Measured on a 2-core Intel Xeon (Sapphire Rapids) VM shared with other jobs. When other processes
+keep the cores busy, OpenMP's spin-waiting makes two torch threads much slower than one; starting
+Python with `OMP_WAIT_POLICY=PASSIVE` (or using one thread) avoids that.
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
