@@ -270,3 +270,126 @@ def build_tiny_random(seed: int = 0, device: str | torch.device = "cpu", dtype: 
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
     return pipe.to(device)
+
+
+# ------------------------------------------------------------------------------------------------
+# "tiny": the bundled CPU model (issue 6). Sizes chosen by measuring random models of candidate
+# sizes at 128 px, 20 steps (docs in src/facemogle/weights/tiny/MODEL_CARD.md once trained): the
+# transformer has FLUX's structure (double + single blocks, 64-wide packed tokens, guidance
+# embedding), the VAE FLUX's 16 latent channels and factor 8, so MoGLE keeps the paper's config.
+
+#: Default latent side of the bundled model (x the VAE factor 8 = 128 px output).
+TINY_SAMPLE_SIZE = 16
+TINY_NUM_INFERENCE_STEPS = 20
+TINY_TEXT_WIDTH = 128
+TINY_TRANSFORMER = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=2,
+    num_single_layers=4,
+    attention_head_dim=64,
+    num_attention_heads=4,
+    joint_attention_dim=TINY_TEXT_WIDTH,
+    pooled_projection_dim=TINY_TEXT_WIDTH,
+    guidance_embeds=True,
+    axes_dims_rope=(16, 24, 24),  # sums to attention_head_dim, FLUX's 16/56/56 split scaled down
+)
+TINY_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(32, 64, 128, 128),
+    layers_per_block=1,
+    latent_channels=16,
+    norm_num_groups=32,
+    sample_size=TINY_SAMPLE_SIZE * 8,
+    scaling_factor=1.0,  # set from the data by the autoencoder stage
+    shift_factor=0.0,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+)
+TINY_CLIP_TEXT = dict(hidden_size=TINY_TEXT_WIDTH, intermediate_size=4 * TINY_TEXT_WIDTH, num_hidden_layers=2,
+                      num_attention_heads=2, max_position_embeddings=77, projection_dim=TINY_TEXT_WIDTH)
+TINY_T5_TEXT = dict(d_model=TINY_TEXT_WIDTH, d_kv=64, d_ff=2 * TINY_TEXT_WIDTH, num_layers=2, num_heads=2,
+                    feed_forward_proj="gated-gelu")
+#: Where the trained bundled model lives (a FaceMoGLEPipeline.save_pretrained directory).
+TINY_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "tiny"
+TINY_TRAIN_COMMAND = "make tiny-model"
+
+
+def build_small_pipeline(transformer_config: dict, vae_config: dict, clip_config: dict, t5_config: dict, *,
+                         seed: int = 0, lora_rank: int = 4, **pipeline_defaults):
+    """A random Face-MoGLE pipeline of FLUX's structure from component configs, with byte-level
+    tokenizers (77 tokens CLIP-style, 512 T5-style) and the condition LoRA."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from facemogle.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, byte_level_tokenizer
+    from facemogle.condition import add_condition_lora
+    from facemogle.mogle import MoGLE
+
+    torch.manual_seed(seed)
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=VOCAB_SIZE, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
+                                        pad_token_id=PAD_ID, **clip_config))
+    t5 = T5EncoderModel(T5Config(vocab_size=VOCAB_SIZE, pad_token_id=PAD_ID, eos_token_id=EOS_ID,
+                                 decoder_start_token_id=PAD_ID, **t5_config))
+    transformer = FluxTransformer2DModel(**transformer_config)
+    vae = AutoencoderKL(**vae_config)
+    add_condition_lora(transformer, rank=lora_rank, alpha=lora_rank)
+    components = dict(
+        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER),
+        vae=vae,
+        text_encoder=clip,
+        tokenizer=byte_level_tokenizer(max_length=clip_config["max_position_embeddings"], add_bos=True),
+        text_encoder_2=t5,
+        tokenizer_2=byte_level_tokenizer(max_length=512, add_bos=False),
+        transformer=transformer,
+    )
+    for module in (clip, t5, transformer, vae):
+        module.eval()  # built from configs = training mode: T5 would apply dropout
+    return _assemble(components, MoGLE().eval(), **pipeline_defaults)
+
+
+@register("tiny", "the bundled CPU model: 128 px, 20 steps, trained here on CelebAMask-HQ (weights in the package)")
+def build_tiny(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, weights: str | os.PathLike | None = None,
+               random_init: bool = False, text_encoders: str | os.PathLike | None = None, seed: int = 0,
+               lora_rank: int = 4):
+    """The bundled model: the shipped weights (``facemogle/weights/tiny``, stored in float16, loaded
+    in ``dtype``), or with ``random_init=True`` the untrained preset the training recipe starts from.
+
+    Args:
+        weights: another directory of the same layout (default: the shipped one).
+        random_init: build the untrained preset (TINY_TRANSFORMER, TINY_VAE, TINY_CLIP_TEXT,
+            TINY_T5_TEXT) instead of loading weights.
+        text_encoders: with ``random_init``, a directory holding ``text_encoder/`` and
+            ``text_encoder_2/`` trained by the recipe's text stage, used in place of random ones.
+
+    Raises:
+        CheckpointError: the weights are not there (the model has not been trained yet).
+    """
+    if random_init:
+        pipe = build_small_pipeline(TINY_TRANSFORMER, TINY_VAE, TINY_CLIP_TEXT, TINY_T5_TEXT, seed=seed,
+                                    lora_rank=lora_rank, default_sample_size=TINY_SAMPLE_SIZE,
+                                    default_num_inference_steps=TINY_NUM_INFERENCE_STEPS)
+        if text_encoders is not None:
+            from transformers import CLIPTextModel, T5EncoderModel
+
+            directory = Path(text_encoders)
+            try:
+                clip = CLIPTextModel.from_pretrained(str(directory / "text_encoder")).eval()
+                t5 = T5EncoderModel.from_pretrained(str(directory / "text_encoder_2")).eval()
+            except OSError as err:
+                raise CheckpointError(f"{directory} holds no trained text encoders ({err})") from err
+            pipe.register_modules(text_encoder=clip, text_encoder_2=t5)
+        return pipe.to(device=device, dtype=dtype) if dtype != torch.float32 else pipe.to(device)
+    from facemogle.pipeline import FaceMoGLEPipeline
+
+    directory = Path(weights) if weights is not None else TINY_WEIGHTS_DIR
+    if not (directory / "model_index.json").is_file():
+        raise CheckpointError(
+            f"the bundled tiny model has not been trained yet ({directory} holds no model_index.json); "
+            f"train it with `{TINY_TRAIN_COMMAND}` (about 2 hours on 2 CPU cores), or pick another --model"
+        )
+    pipe = FaceMoGLEPipeline.from_pretrained(str(directory), torch_dtype=dtype)
+    return pipe.to(device)

@@ -37,29 +37,52 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 def _bench_train(args: argparse.Namespace) -> dict:
     import torch
 
+    from facemogle.errors import InputError
     from facemogle.train.bench import bench_train
 
     if args.threads is not None:
         if args.threads < 1:
-            from facemogle.errors import InputError
-
             raise InputError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.steps < 2:
+        raise InputError("--steps must be >= 2 (the first step is a warm-up and not timed)")
     return bench_train(steps=args.steps, resolution=args.resolution, batch_size=args.batch_size,
                        num_samples=args.samples)
 
 
+def _generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, metavar="SPEC",
+                   help="model spec name, or a saved pipeline / checkpoint directory (default: the default model)")
+    p.add_argument("--size", type=int, default=128, help="output height and width in pixels (default 128)")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps per image (default 20)")
+    p.add_argument("--runs", type=int, default=5, help="timed images per variant; the median is reported (default 5)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--prompt", default=None, help="the prompt of both variants (default: a short face description)")
+
+
+def _bench_generate(args: argparse.Namespace) -> dict:
+    from facemogle.bench_generate import DEFAULT_PROMPT, bench_generate
+    from facemogle.specs import DEFAULT_MODEL, checkpoint_spec
+
+    spec, options = args.model or DEFAULT_MODEL, {}
+    if Path(spec).is_dir():
+        spec, options = checkpoint_spec(spec)
+    report = bench_generate(spec, size=args.size, steps=args.steps, runs=args.runs, threads=args.threads,
+                            spec_options=options, prompt=args.prompt if args.prompt is not None else DEFAULT_PROMPT)
+    if options:
+        report["model_path"] = str(args.model)
+    return report
+
+
 BENCHMARKS = {
     "train": ("training steps/s: cached latents vs encoding everything every step", _train_arguments, _bench_train),
+    "generate": ("seconds per image (median after a warm-up): mask + text vs text-only", _generate_arguments,
+                 _bench_generate),
 }
 
 
 def run(args: argparse.Namespace) -> int:
-    from facemogle.errors import InputError
-
     _, _, measure = BENCHMARKS[args.bench]
-    if getattr(args, "steps", 1) < 2:
-        raise InputError("--steps must be >= 2 (the first step is a warm-up and not timed)")
     report = measure(args)
     text = json.dumps(report, indent=1)
     print(text)

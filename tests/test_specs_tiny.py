@@ -1,0 +1,62 @@
+"""The "tiny" spec (the bundled CPU model): its preset, the untrained-weights error, and loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from facemogle.errors import CheckpointError
+from facemogle.specs import (TINY_SAMPLE_SIZE, TINY_TEXT_WIDTH, TINY_TRANSFORMER, available_specs, load_pipeline)
+
+
+@pytest.fixture(scope="module")
+def tiny_random():
+    return load_pipeline("tiny", random_init=True, seed=0)
+
+
+def test_registered_and_flux_shaped(tiny_random):
+    assert "tiny" in available_specs()
+    transformer = tiny_random.transformer.config
+    assert transformer.in_channels == tiny_random.vae.config.latent_channels * 4 == tiny_random.mogle.config.token_dim
+    assert sum(TINY_TRANSFORMER["axes_dims_rope"]) == TINY_TRANSFORMER["attention_head_dim"]
+    assert tiny_random.vae_scale_factor * TINY_SAMPLE_SIZE == 128
+    assert tiny_random.default_num_inference_steps == 20
+    assert tiny_random.text_encoder.config.hidden_size == transformer.pooled_projection_dim == TINY_TEXT_WIDTH
+    assert tiny_random.text_encoder_2.config.d_model == transformer.joint_attention_dim
+
+
+def test_fits_the_40_mb_budget_in_float16(tiny_random):
+    modules = (tiny_random.transformer, tiny_random.vae, tiny_random.text_encoder, tiny_random.text_encoder_2,
+               tiny_random.mogle)
+    parameters = sum(p.numel() for m in modules for p in m.parameters())
+    assert 10e6 < parameters * 2 < 40e6  # bytes in float16
+
+
+def test_untrained_weights_give_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="has not been trained yet.*make tiny-model"):
+        load_pipeline("tiny", weights=tmp_path)
+
+
+def test_saved_weights_load_in_float32_and_generate(tiny_random, tmp_path):
+    tiny_random.to(dtype=torch.float16)
+    tiny_random.save_pretrained(str(tmp_path))
+    tiny_random.to(dtype=torch.float32)
+    pipe = load_pipeline("tiny", weights=tmp_path)
+    assert pipe.transformer.dtype == torch.float32 and pipe.default_sample_size == TINY_SAMPLE_SIZE
+    reference = tiny_random.transformer.state_dict()
+    for name, tensor in pipe.transformer.state_dict().items():
+        torch.testing.assert_close(tensor, reference[name].half().float(), msg=name)
+    image = pipe(prompt="This person is smiling.", height=32, width=32, num_inference_steps=1, seed=0,
+                 output_type="np").images
+    assert image.shape == (1, 32, 32, 3)
+
+
+def test_trained_text_encoders_replace_the_random_ones(tiny_random, tmp_path):
+    tiny_random.text_encoder.save_pretrained(str(tmp_path / "text_encoder"))
+    tiny_random.text_encoder_2.save_pretrained(str(tmp_path / "text_encoder_2"))
+    other = load_pipeline("tiny", random_init=True, seed=1, text_encoders=tmp_path)
+    for mine, theirs in ((other.text_encoder, tiny_random.text_encoder), (other.text_encoder_2, tiny_random.text_encoder_2)):
+        for (name, a), b in zip(mine.state_dict().items(), theirs.state_dict().values()):
+            torch.testing.assert_close(a, b, msg=name)
+    with pytest.raises(CheckpointError, match="no trained text encoders"):
+        load_pipeline("tiny", random_init=True, text_encoders=tmp_path / "missing")
