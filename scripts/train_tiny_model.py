@@ -165,6 +165,7 @@ def train_text_stage(args, base, common: dict, work: Path, pilot: bool) -> dict:
     budget = 60 * args.pilot_minutes * PILOT_SHARES["text"] if pilot else None
     result = train_text_encoders(pipe, faces, captions, work / "text", max_steps=args.text_steps,
                                  batch_size=args.text_batch_size, seed=config.seed, time_budget_s=budget,
+                                 max_sequence_length=pipe.default_max_sequence_length,
                                  progress=not pilot)
     return stage_report(result.step_seconds, result.losses, args.text_batch_size, 0.0,
                         captioned=sum(bool(c) for c in captions), faces=len(captions))

@@ -201,3 +201,19 @@ def test_model_cpu_offload_gives_the_same_result():
     torch.testing.assert_close(after, before, atol=1e-6, rtol=0)
     # the piecewise-called models are moved to the execution device by their offload hooks
     assert {"mogle", "transformer"} <= set(onloaded)
+
+
+def test_max_sequence_length_default_is_saved_and_used(tmp_path):
+    from facemogle.pipeline import FaceMoGLEPipeline
+
+    pipe = load_pipeline("tiny-random", seed=0)
+    assert pipe.default_max_sequence_length == 512
+    pipe.register_to_config(default_max_sequence_length=64)
+    pipe.default_max_sequence_length = 64
+    seen = []
+    encode = pipe.encode_prompt
+    pipe.encode_prompt = lambda *a, **k: (seen.append(k["max_sequence_length"]), encode(*a, **k))[1]
+    pipe(prompt="x", seed=0, num_inference_steps=1, output_type="latent")
+    assert seen == [64]
+    pipe.save_pretrained(tmp_path / "p")
+    assert FaceMoGLEPipeline.from_pretrained(tmp_path / "p").default_max_sequence_length == 64

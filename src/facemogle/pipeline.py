@@ -146,6 +146,7 @@ class FaceMoGLEPipeline(FluxPipeline):
         feature_extractor=None,
         default_sample_size: int = 64,
         default_num_inference_steps: int = 28,
+        default_max_sequence_length: int = 512,
     ):
         super().__init__(
             scheduler=scheduler,
@@ -161,9 +162,15 @@ class FaceMoGLEPipeline(FluxPipeline):
         self.register_modules(mogle=mogle)
         # Saved in model_index.json. Defaults: 64 x 8 = 512 px and 28 steps, the paper's
         # inference setting (METHOD.md section 6); small specs set their own.
-        self.register_to_config(default_sample_size=default_sample_size, default_num_inference_steps=default_num_inference_steps)
+        # T5 tokens per prompt (FLUX: 512); training must use the same value as inference.
+        self.register_to_config(
+            default_sample_size=default_sample_size,
+            default_num_inference_steps=default_num_inference_steps,
+            default_max_sequence_length=default_max_sequence_length,
+        )
         self.default_sample_size = default_sample_size
         self.default_num_inference_steps = default_num_inference_steps
+        self.default_max_sequence_length = default_max_sequence_length
 
     # ------------------------------------------------------------------------------------------
     # saving and loading
@@ -241,7 +248,7 @@ class FaceMoGLEPipeline(FluxPipeline):
         seed: int | list[int] | None = None,
         latents: torch.FloatTensor | None = None,
         mask_order: str = "official",
-        max_sequence_length: int = 512,
+        max_sequence_length: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
@@ -269,6 +276,8 @@ class FaceMoGLEPipeline(FluxPipeline):
         """
         if num_inference_steps is None:
             num_inference_steps = self.default_num_inference_steps
+        if max_sequence_length is None:
+            max_sequence_length = self.default_max_sequence_length
         height = int(height or self.default_sample_size * self.vae_scale_factor)
         width = int(width or self.default_sample_size * self.vae_scale_factor)
         if output_type not in ("pil", "np", "pt", "latent"):

@@ -281,6 +281,8 @@ def build_tiny_random(seed: int = 0, device: str | torch.device = "cpu", dtype: 
 #: Default latent side of the bundled model (x the VAE factor 8 = 128 px output).
 TINY_SAMPLE_SIZE = 16
 TINY_NUM_INFERENCE_STEPS = 20
+#: T5 tokens per prompt of the bundled model (captions are short; FLUX uses 512).
+TINY_MAX_SEQUENCE_LENGTH = 128
 TINY_TEXT_WIDTH = 128
 TINY_TRANSFORMER = dict(
     patch_size=1,
@@ -371,7 +373,8 @@ def build_tiny(device: str | torch.device = "cpu", dtype: torch.dtype = torch.fl
     if random_init:
         pipe = build_small_pipeline(TINY_TRANSFORMER, TINY_VAE, TINY_CLIP_TEXT, TINY_T5_TEXT, seed=seed,
                                     lora_rank=lora_rank, default_sample_size=TINY_SAMPLE_SIZE,
-                                    default_num_inference_steps=TINY_NUM_INFERENCE_STEPS)
+                                    default_num_inference_steps=TINY_NUM_INFERENCE_STEPS,
+                                    default_max_sequence_length=TINY_MAX_SEQUENCE_LENGTH)
         if text_encoders is not None:
             from transformers import CLIPTextModel, T5EncoderModel
 

@@ -533,6 +533,7 @@ class Trainer:
             mask_order=config.data.mask_order, captions_per_sample=config.data.captions_per_sample,
             dtype=config.cache.dtype, shard_size=config.cache.shard_size,
             encode_batch_size=config.cache.encode_batch_size,
+            max_sequence_length=self.pipe.default_max_sequence_length,
         )
         cache = build_cache(self.pipe, faces, config.cache_dir, settings, process_index=accelerator.process_index,
                             num_processes=accelerator.num_processes, barrier=accelerator.wait_for_everyone,
@@ -573,7 +574,7 @@ class Trainer:
         from facemogle.flow import RectifiedFlowLoss, velocity_target
 
         if "image_tokens" not in batch:
-            batch = encode_raw_batch(self.pipe, batch)
+            batch = encode_raw_batch(self.pipe, batch, self.pipe.default_max_sequence_length)
         accelerator = self.accelerator
         prompt_embeds = batch["prompt_embeds"].to(self.weight_dtype)
         txt_ids = torch.zeros(prompt_embeds.shape[1], 3, device=accelerator.device)
