@@ -31,6 +31,7 @@ import argparse
 import json
 from pathlib import Path
 
+from facemogle.cli.model_options import add_model_arguments, resolve_model
 from facemogle.errors import InputError
 from facemogle.eval.paper_protocol import (
     ALL_MODES,
@@ -53,7 +54,6 @@ DEFAULT_PROTOCOL_METRICS = "fid,kid,cmmd,dino,text"
 FOLDER_OPTIONS = ("generated", "real", "masks", "prompts")
 PROTOCOL_OPTIONS = ("data_dir", "model", "base", "lora", "mogle", "checkpoint", "mode", "limit", "steps",
                     "guidance", "size", "work_dir")
-FLUX_OPTIONS = ("base", "lora", "mogle", "checkpoint")
 
 
 def add_parser(subparsers) -> None:
@@ -127,11 +127,7 @@ def add_parser(subparsers) -> None:
                           "set in the same layout (every image, one seeded sentence each)")
     protocol.add_argument("data_dir", nargs="?", type=Path, metavar="DATA_DIR",
                           help="with --protocol: dataset folder (face/, mask/, text/ or text.json)")
-    protocol.add_argument("--model", help="model spec (see `facemogle generate --list-models`; default flux-dev)")
-    protocol.add_argument("--base", help="flux-dev: FLUX.1-dev directory or hub id")
-    protocol.add_argument("--lora", help="flux-dev: official pytorch_lora_weights.safetensors")
-    protocol.add_argument("--mogle", help="flux-dev: official global_local_mask_moe.pt")
-    protocol.add_argument("--checkpoint", help="flux-dev: a training checkpoint directory holding both files")
+    add_model_arguments(protocol)
     protocol.add_argument("--mode", choices=[*MODES, ALL_MODES],
                           help="mask+text (default), mask (empty prompt), text (empty mask) or all three")
     protocol.add_argument("--limit", type=int, metavar="N", help="evaluate the first N images only (smoke runs)")
@@ -212,17 +208,12 @@ def run(args: argparse.Namespace) -> int:
 def run_protocol(args: argparse.Namespace) -> int:
     """``--protocol NAME DATA_DIR``: generate the protocol's images, then evaluate them."""
     from facemogle.eval import paper_protocol
-    from facemogle.specs import DEFAULT_MODEL
-
     stray = _given(args, FOLDER_OPTIONS)
     if stray:
         raise InputError(f"{', '.join(stray)} cannot be combined with --protocol (they come from DATA_DIR)")
     if args.data_dir is None or args.work_dir is None:
         raise InputError(f"--protocol {args.protocol} needs DATA_DIR and --work-dir DIR")
-    model = args.model or DEFAULT_MODEL
-    flux_options = {name: getattr(args, name) for name in FLUX_OPTIONS if getattr(args, name) is not None}
-    if flux_options and model != "flux-dev":
-        raise InputError(f"--{'/--'.join(flux_options)} only apply to --model flux-dev, not {model}")
+    model, model_options = resolve_model(args)
     output = args.output or args.work_dir / paper_protocol.REPORT_NAME
     table_path = args.table or args.work_dir / paper_protocol.TABLE_NAME
     if output.suffix.lower() != ".json":
@@ -230,7 +221,7 @@ def run_protocol(args: argparse.Namespace) -> int:
 
     generation = paper_protocol.GenerationSettings(
         model=model,
-        model_options=flux_options,
+        model_options=model_options,
         steps=PAPER_NUM_STEPS if args.steps is None else args.steps,
         guidance=PAPER_GUIDANCE if args.guidance is None else args.guidance,
         size=PAPER_SIZE if args.size is None else args.size,

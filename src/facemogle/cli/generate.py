@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from facemogle.cli.model_options import add_model_arguments, resolve_model
 from facemogle.errors import InputError
 
 PAPER_SEED = 42
@@ -20,16 +21,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--mask", help="mask image (palette/greyscale ids or colour-rendered map)")
     p.add_argument("--prompt", default="", help="text prompt (default: none, mask-only generation)")
     p.add_argument("--mask-order", choices=["official", "bisenet"], default="official", help="label order of an id mask")
-    p.add_argument("--model", default=None, help="model spec name (see `facemogle generate --list-models`)")
     p.add_argument("--list-models", action="store_true", help="list the model specs and exit")
-    p.add_argument("--base", help="flux-dev: FLUX.1-dev directory or hub id")
-    p.add_argument("--lora", help="flux-dev: official pytorch_lora_weights.safetensors")
-    p.add_argument("--mogle", help="flux-dev: official global_local_mask_moe.pt")
-    p.add_argument(
-        "--checkpoint",
-        help="a training checkpoint directory: a whole saved pipeline (scratch mode), or the official "
-        "LoRA + MoGLE files on the --base FLUX.1-dev (adapter mode)",
-    )
+    add_model_arguments(p)
     p.add_argument("--seed", type=int, default=PAPER_SEED, help=f"seed of the first image; image k gets seed+k (default {PAPER_SEED})")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=3.5, help="FLUX guidance scale (default 3.5)")
@@ -66,7 +59,7 @@ def image_grid(images, columns: int | None = None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from facemogle.specs import DEFAULT_MODEL, available_specs, checkpoint_spec, load_pipeline
+    from facemogle.specs import available_specs, load_pipeline
 
     if args.list_models:
         for name, description in available_specs().items():
@@ -74,22 +67,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.num_images < 1:
         raise InputError(f"--num-images must be >= 1, got {args.num_images}")
-    flux_options = {k: getattr(args, k) for k in ("base", "lora", "mogle", "checkpoint") if getattr(args, k)}
-    if args.checkpoint and args.model is None:
-        model, checkpoint_options = checkpoint_spec(args.checkpoint)
-        if model == "saved":
-            if len(flux_options) > 1:
-                raise InputError("--base/--lora/--mogle do not apply to a checkpoint that holds a whole pipeline")
-            flux_options = checkpoint_options
-    else:
-        model = args.model or DEFAULT_MODEL
-    if flux_options and model not in ("flux-dev", "saved"):
-        raise InputError(f"--{'/--'.join(flux_options)} only apply to --model flux-dev, not {model}")
+    model, options = resolve_model(args)
     if args.mask is not None and not Path(args.mask).is_file():
         raise InputError(f"mask file {args.mask} does not exist")
     image_paths, grid_path = output_paths(args.output, args.num_images)
 
-    options = dict(flux_options)
     if args.device:
         options["device"] = args.device
     pipe = load_pipeline(model, **options)

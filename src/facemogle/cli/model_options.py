@@ -1,0 +1,42 @@
+"""The model-choosing options shared by the commands that generate (``generate``, ``evaluate --protocol``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from facemogle.errors import InputError
+
+#: Options that only the flux-dev spec takes (besides --checkpoint, which also opens saved pipelines).
+FLUX_OPTIONS = ("base", "lora", "mogle", "checkpoint")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--model``, ``--base``, ``--lora``, ``--mogle``, ``--checkpoint``."""
+    parser.add_argument("--model", default=None, help="model spec (see `facemogle generate --list-models`)")
+    parser.add_argument("--base", help="flux-dev: FLUX.1-dev directory or hub id")
+    parser.add_argument("--lora", help="flux-dev: official pytorch_lora_weights.safetensors")
+    parser.add_argument("--mogle", help="flux-dev: official global_local_mask_moe.pt")
+    parser.add_argument(
+        "--checkpoint",
+        help="a training checkpoint directory: a whole saved pipeline (scratch mode), or the official "
+        "LoRA + MoGLE files on the --base FLUX.1-dev (adapter mode)",
+    )
+
+
+def resolve_model(args: argparse.Namespace) -> tuple[str, dict]:
+    """(spec name, ``load_pipeline`` keywords) for the parsed model options; clear errors for
+    options that do not fit the chosen spec."""
+    from facemogle.specs import DEFAULT_MODEL, checkpoint_spec
+
+    options = {name: getattr(args, name) for name in FLUX_OPTIONS if getattr(args, name, None)}
+    if args.checkpoint and args.model is None:
+        model, checkpoint_options = checkpoint_spec(args.checkpoint)
+        if model == "saved":
+            if len(options) > 1:
+                raise InputError("--base/--lora/--mogle do not apply to a checkpoint that holds a whole pipeline")
+            options = checkpoint_options
+        return model, options
+    model = args.model or DEFAULT_MODEL
+    if options and model != "flux-dev":
+        raise InputError(f"--{'/--'.join(options)} only apply to --model flux-dev, not {model}")
+    return model, options
