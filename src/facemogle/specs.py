@@ -227,46 +227,23 @@ FLUX_SCHEDULER = dict(
 )
 
 
+TINY_RANDOM_CLIP_TEXT = dict(
+    hidden_size=TINY_RANDOM_TEXT_WIDTH, intermediate_size=2 * TINY_RANDOM_TEXT_WIDTH, num_hidden_layers=2,
+    num_attention_heads=4, max_position_embeddings=77, projection_dim=TINY_RANDOM_TEXT_WIDTH,
+)
+TINY_RANDOM_T5_TEXT = dict(
+    d_model=TINY_RANDOM_TEXT_WIDTH, d_kv=8, d_ff=2 * TINY_RANDOM_TEXT_WIDTH, num_layers=2, num_heads=4,
+    feed_forward_proj="gated-gelu",
+)
+
+
 @register("tiny-random", "a few-layer random model built in memory (tests and smoke runs; no files, noise-like images)")
 def build_tiny_random(seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, lora_rank: int = 4):
     """A random Face-MoGLE pipeline with FLUX's structure at toy sizes, built from configs."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    from facemogle.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, byte_level_tokenizer
-    from facemogle.condition import add_condition_lora
-    from facemogle.mogle import MoGLE
-
-    width = TINY_RANDOM_TEXT_WIDTH
-    torch.manual_seed(seed)
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=VOCAB_SIZE, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=77, projection_dim=width,
-            bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
-        )
+    pipe = build_small_pipeline(
+        TINY_RANDOM_TRANSFORMER, TINY_RANDOM_VAE, TINY_RANDOM_CLIP_TEXT, TINY_RANDOM_T5_TEXT,
+        seed=seed, lora_rank=lora_rank, default_sample_size=8,  # 64 px by default
     )
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=VOCAB_SIZE, d_model=width, d_kv=8, d_ff=2 * width, num_layers=2, num_heads=4,
-            feed_forward_proj="gated-gelu", pad_token_id=PAD_ID, eos_token_id=EOS_ID, decoder_start_token_id=PAD_ID,
-        )
-    )
-    transformer = FluxTransformer2DModel(**TINY_RANDOM_TRANSFORMER)
-    vae = AutoencoderKL(**TINY_RANDOM_VAE)
-    add_condition_lora(transformer, rank=lora_rank, alpha=lora_rank)
-    components = dict(
-        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER),
-        vae=vae,
-        text_encoder=clip,
-        tokenizer=byte_level_tokenizer(max_length=77, add_bos=True),
-        text_encoder_2=t5,
-        tokenizer_2=byte_level_tokenizer(max_length=512, add_bos=False),
-        transformer=transformer,
-    )
-    for module in (clip, t5, transformer, vae):
-        module.eval()  # built from configs = training mode: T5 would apply dropout
-    pipe = _assemble(components, MoGLE().eval(), default_sample_size=8)  # 64 px by default
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
     return pipe.to(device)
