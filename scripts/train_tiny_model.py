@@ -43,6 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-val", type=int, default=100, help="faces held out for validation (default 100)")
     p.add_argument("--text-steps", type=int, default=240, help="text-encoder steps (default 240: ~10 min, 19 epochs)")
     p.add_argument("--text-batch-size", type=int, default=64)
+    p.add_argument("--text-lr", type=float, default=1e-3, help="text-encoder learning rate (default 1e-3)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the config's)")
     p.add_argument("--pilot-minutes", type=float, default=None, help="cut every stage to fit this many minutes")
     return p.parse_args(argv)
@@ -103,17 +104,22 @@ def main(argv=None) -> int:
                                                                 "output_dir": str(work / "probe-ae")}))
         per_step = time_per_step(lambda n: train(probe, progress=False).step_seconds)
         ae_steps = steps_in(60 * args.pilot_minutes * PILOT_SHARES["autoencoder"], per_step)
-    ae_config = load_config(args.config, dict(ae_overrides, **{"autoencoder.max_steps": ae_steps}))
-    ae = train(ae_config, progress=not pilot)
-    report["stages"]["autoencoder"] = stage_report(ae.step_seconds, ae.losses, ae_config.autoencoder.batch_size,
-                                                   time.perf_counter() - started)
     vae_dir = work / "autoencoder" / "vae"
+    report["stages"]["autoencoder"] = finished_stage(work / "autoencoder")
+    if report["stages"]["autoencoder"] is None:
+        ae_config = load_config(args.config, dict(ae_overrides, **{"autoencoder.max_steps": ae_steps}))
+        ae = train(ae_config, progress=not pilot)
+        report["stages"]["autoencoder"] = finish_stage(
+            work / "autoencoder", stage_report(ae.step_seconds, ae.losses, ae_config.autoencoder.batch_size,
+                                               time.perf_counter() - started))
 
     # 4. text encoders
     started = stage_header("text encoders")
-    text_report = train_text_stage(args, base, common, work, pilot)
-    text_report["wall_s"] = round(time.perf_counter() - started, 1)
-    report["stages"]["text"] = text_report
+    report["stages"]["text"] = finished_stage(work / "text")
+    if report["stages"]["text"] is None:
+        text_report = train_text_stage(args, base, common, work, pilot)
+        text_report["wall_s"] = round(time.perf_counter() - started, 1)
+        report["stages"]["text"] = finish_stage(work / "text", text_report)
 
     # 5. diffusion
     started = stage_header("diffusion (scratch)")
@@ -141,6 +147,24 @@ def main(argv=None) -> int:
     return 0
 
 
+STAGE_REPORT = "stage_report.json"
+
+
+def finished_stage(stage_dir: Path) -> dict | None:
+    """The report of a stage that already finished in this work dir (delete the file to redo it)."""
+    path = stage_dir / STAGE_REPORT
+    if not path.is_file():
+        return None
+    print(f"reusing {stage_dir} (finished earlier; delete {path.name} to train it again)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def finish_stage(stage_dir: Path, report: dict) -> dict:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / STAGE_REPORT).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    return report
+
+
 def stage_report(step_seconds: list, losses: list, batch_size: int, wall: float, **extra) -> dict:
     timed = step_seconds[1:] or step_seconds
     per_step = sum(timed) / max(1, len(timed))
@@ -164,7 +188,7 @@ def train_text_stage(args, base, common: dict, work: Path, pilot: bool) -> dict:
     pipe = load_pipeline("tiny", random_init=True, seed=config.seed)
     budget = 60 * args.pilot_minutes * PILOT_SHARES["text"] if pilot else None
     result = train_text_encoders(pipe, faces, captions, work / "text", max_steps=args.text_steps,
-                                 batch_size=args.text_batch_size, seed=config.seed, time_budget_s=budget,
+                                 batch_size=args.text_batch_size, lr=args.text_lr, seed=config.seed, time_budget_s=budget,
                                  max_sequence_length=pipe.default_max_sequence_length,
                                  progress=not pilot)
     return stage_report(result.step_seconds, result.losses, args.text_batch_size, 0.0,

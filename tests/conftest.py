@@ -33,3 +33,11 @@ def golden_dir() -> Path:
 def mini_dataset_dir() -> Path:
     """../shared/data/celebamask-hq-mini: 900 image/mask pairs."""
     return _shared_path("data/celebamask-hq-mini")
+
+
+@pytest.fixture(scope="session")
+def example_mask_ids():
+    """The shipped example mask as (512, 512) official ids."""
+    from facemogle.masks import EXAMPLE_MASK, load_mask
+
+    return load_mask(EXAMPLE_MASK)

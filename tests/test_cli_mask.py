@@ -10,9 +10,8 @@ from PIL import Image
 
 from facemogle.cli import EXIT_USER_ERROR, main
 from facemogle.labels import NUM_CLASSES, PALETTE, class_id
-from facemogle.masks import from_order, load_mask, present_classes, render_mask, save_mask
+from facemogle.masks import EXAMPLE_MASK, from_order, load_mask, present_classes, render_mask, save_mask
 
-EXAMPLE_MASK = Path(__file__).resolve().parents[1] / "src/facemogle/assets/masks/example.png"
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -18,6 +18,7 @@ from facemogle.errors import InputError, MaskError
 from facemogle.labels import NUM_CLASSES, NUM_CONDITIONS, PALETTE, class_id
 from facemogle.masks import (
     DEFAULT_MAX_COLOR_DISTANCE,
+    EXAMPLE_MASK,
     MAX_MASK_PIXELS,
     check_size,
     condition_images,
@@ -32,7 +33,6 @@ from facemogle.masks import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE_MASK = REPO_ROOT / "src/facemogle/assets/masks/example.png"
 MAX_ID = NUM_CLASSES - 1
 
 # Classes of ../shared/data/fixtures/masks/27000.png (GOLDEN.md, Golden B).

@@ -18,15 +18,12 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 
 from facemogle.errors import InputError
-
-#: The mask ``bench generate`` uses unless told otherwise (also the README's demo mask).
-EXAMPLE_MASK = Path(__file__).resolve().parent / "assets" / "masks" / "example.png"
+from facemogle.masks import EXAMPLE_MASK
 DEFAULT_PROMPT = "This person has long brown hair and is smiling."
 VARIANTS = ("mask+text", "text-only")
 

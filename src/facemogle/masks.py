@@ -70,6 +70,9 @@ MAX_GENERATION_SIDE: int = 2048
 
 #: ``(NUM_CLASSES, 3)`` uint8, row = official class id.
 PALETTE_ARRAY: np.ndarray = np.array(PALETTE, dtype=np.uint8)
+#: The shipped example mask (our own drawing, scripts/make_example_mask.py): the README's demo mask.
+EXAMPLE_MASK = Path(__file__).resolve().parent / "assets" / "masks" / "example.png"
+
 _BISENET_TO_OFFICIAL_LUT = np.array(BISENET_TO_OFFICIAL, dtype=np.uint8)
 _OFFICIAL_TO_BISENET_LUT = np.array(OFFICIAL_TO_BISENET, dtype=np.uint8)
 

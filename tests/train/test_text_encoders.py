@@ -47,3 +47,30 @@ def test_trains_both_encoders_and_saves_them(tmp_path):
     torch.testing.assert_close(next(clip.parameters()), next(pipe.text_encoder.parameters()))
     torch.testing.assert_close(next(t5.parameters()), next(pipe.text_encoder_2.parameters()))
     assert (tmp_path / "text_log.csv").read_text().startswith("step,loss")
+
+
+def test_text_image_score_prefers_the_matching_caption_after_training(tmp_path):
+    from facemogle.specs import load_pipeline
+    from facemogle.train.text_encoders import SCORE_FILE, TextImageScore
+
+    torch.manual_seed(0)
+    pipe = load_pipeline("tiny-random", seed=0)
+    captions = [["A dark photo."] if i % 2 else ["A bright photo."] for i in range(8)]
+    train_text_encoders(pipe, Faces(8), captions, tmp_path, max_steps=40, batch_size=4, lr=3e-3,
+                        max_sequence_length=32, progress=False)
+    score = TextImageScore(pipe, tmp_path / SCORE_FILE)
+    photos = torch.stack([Faces(2)[0]["image"], Faces(2)[1]["image"]])  # bright, dark
+    matching = score(photos, ["A bright photo.", "A dark photo."])
+    swapped = score(photos, ["A dark photo.", "A bright photo."])
+    assert matching.shape == (2,) and (matching > swapped).all()
+
+
+def test_text_image_score_names_a_missing_file(tmp_path):
+    import pytest
+
+    from facemogle.errors import CheckpointError
+    from facemogle.specs import load_pipeline
+    from facemogle.train.text_encoders import TextImageScore
+
+    with pytest.raises(CheckpointError, match="no text-image score weights"):
+        TextImageScore(load_pipeline("tiny-random", seed=0), tmp_path / "missing.safetensors")

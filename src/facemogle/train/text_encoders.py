@@ -13,9 +13,11 @@ with a CLIP-style contrastive loss against a small image tower that reads the ph
 
 so captions that describe visibly different faces (hair colour, length, glasses, hat, smile,
 clothing and background colour: what the auto-captions say) get different embeddings, and the
-diffusion transformer can learn to read them. The image tower and projections are discarded;
-the encoders are written with ``save_pretrained`` to ``<output_dir>/text_encoder`` and
-``<output_dir>/text_encoder_2``.
+diffusion transformer can learn to read them. The encoders are written with ``save_pretrained``
+to ``<output_dir>/text_encoder`` and ``<output_dir>/text_encoder_2``; the image tower and the CLIP
+projection are kept in ``<output_dir>/text_image_score.safetensors`` so that
+:class:`TextImageScore` can measure how well a generated face matches its prompt (a CLIP-score
+analogue for the tiny model, whose text side is not CLIP).
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 IMAGE_SIDE = 64
 TEXT_ENCODER_DIRS = ("text_encoder", "text_encoder_2")
+SCORE_FILE = "text_image_score.safetensors"
+#: Linear learning-rate warm-up of the text stage (steps).
+WARMUP_STEPS = 20
 
 
 class ImageTower(nn.Module):
@@ -108,6 +114,7 @@ def train_text_encoders(pipe, faces, captions: list[list[str]], output_dir: str 
         encoder.requires_grad_(True).train()
     parameters = [p for m in (*encoders, tower, proj_clip, proj_t5) for p in m.parameters()] + [log_temperature]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / WARMUP_STEPS))
     usable = [i for i, sentences in enumerate(captions) if sentences]
     photos = {i: downsample(faces[i]["image"]) for i in usable}  # read each photo once: (3, S, S) in [-1, 1]
     result = TextStageResult(output_dir=output_dir, losses=[], step_seconds=[])
@@ -126,6 +133,7 @@ def train_text_encoders(pipe, faces, captions: list[list[str]], output_dir: str 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
+        warmup.step()
         result.losses.append(loss.item())
         result.step_seconds.append(time.perf_counter() - started)
         if step % log_every == 0 or step == max_steps:
@@ -137,8 +145,48 @@ def train_text_encoders(pipe, faces, captions: list[list[str]], output_dir: str 
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, encoder in zip(TEXT_ENCODER_DIRS, encoders):
         encoder.save_pretrained(str(output_dir / name), safe_serialization=True)
+    save_file({**{f"tower.{k}": v for k, v in tower.state_dict().items()},
+               **{f"proj_clip.{k}": v for k, v in proj_clip.state_dict().items()}},
+              str(output_dir / SCORE_FILE), metadata={"width": str(width)})
     with open(output_dir / "text_log.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["step", "loss"])
         writer.writeheader()
         writer.writerows(rows)
     return result
+
+
+class TextImageScore(nn.Module):
+    """Cosine similarity of a caption and a photo in the text stage's joint space, x 100 like CLIP score.
+
+    Built from ``<text dir>/text_image_score.safetensors`` and the pipeline whose CLIP encoder was
+    trained with it (``pipe.text_encoder``, ``pipe.tokenizer``).
+    """
+
+    def __init__(self, pipe, path: str | Path):
+        super().__init__()
+        from facemogle.errors import CheckpointError
+
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no text-image score weights (written by the tiny model's text stage)")
+        state = load_file(str(path))
+        width = pipe.text_encoder.config.hidden_size
+        self.pipe = pipe
+        self.tower = ImageTower(width)
+        self.proj_clip = nn.Linear(width, width)
+        self.tower.load_state_dict({k[len("tower."):]: v.float() for k, v in state.items() if k.startswith("tower.")})
+        self.proj_clip.load_state_dict({k[len("proj_clip."):]: v.float() for k, v in state.items()
+                                        if k.startswith("proj_clip.")})
+        self.eval()
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """(B, 3, H, W) uint8 photos + B captions -> (B,) scores in [-100, 100]."""
+        pixels = F.interpolate(images.float() / 127.5 - 1, size=(IMAGE_SIDE, IMAGE_SIDE), mode="area")
+        image = F.normalize(self.tower(pixels), dim=-1)  # (B, W)
+        inputs = self.pipe.tokenizer(captions, padding="max_length", max_length=self.pipe.tokenizer_max_length,
+                                     truncation=True, return_tensors="pt")
+        encoder = self.pipe.text_encoder
+        pooled = encoder(inputs.input_ids.to(encoder.device), output_hidden_states=False).pooler_output.float()
+        text = F.normalize(self.proj_clip(pooled), dim=-1)  # (B, W)
+        return 100 * (image * text).sum(-1)

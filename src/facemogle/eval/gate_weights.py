@@ -1,0 +1,111 @@
+"""How the MoGLE gate splits its weight between the global and the local experts, step by step.
+
+``record_gate_weights(pipe)`` hooks the gate of ``pipe.mogle`` for the length of a ``with`` block;
+every denoising step adds one :class:`GateStep` (the step's t and the weights averaged over the
+batch and the tokens). ``gate_weights_svg`` draws the global expert's weight and the summed
+weight of the local experts against the step index (a dependency-free SVG line plot):
+
+    with record_gate_weights(pipe) as steps:
+        pipe(mask=..., prompt=..., num_inference_steps=20)
+    Path("gate.svg").write_text(gate_weights_svg(steps))
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from facemogle.errors import InputError
+from facemogle.labels import CLASS_NAMES
+from facemogle.mogle import GLOBAL_INDEX
+
+
+@dataclass
+class GateStep:
+    """One gate call: t in (0, 1) and the mean weight of each active expert (global first)."""
+
+    timestep: float
+    expert_names: tuple[str, ...]
+    mean_weights: tuple[float, ...]
+
+    @property
+    def global_weight(self) -> float:
+        return self.mean_weights[self.expert_names.index("global")] if "global" in self.expert_names else 0.0
+
+    @property
+    def local_weight(self) -> float:
+        """Summed weight of the local experts (1 - global for a softmax gate over all experts)."""
+        return sum(w for name, w in zip(self.expert_names, self.mean_weights) if name != "global")
+
+    def as_dict(self) -> dict:
+        return {"t": self.timestep, "global": self.global_weight, "local": self.local_weight,
+                "experts": dict(zip(self.expert_names, self.mean_weights))}
+
+
+def expert_names(mogle) -> tuple[str, ...]:
+    """Names of the active experts in gate-output order: "global", then the local classes."""
+    return tuple("global" if i == GLOBAL_INDEX else CLASS_NAMES[i - 1] for i in mogle.expert_indices)
+
+
+@contextmanager
+def record_gate_weights(pipe) -> Iterator[list[GateStep]]:
+    """Collect a :class:`GateStep` per MoGLE gate call inside the block (the hook is always removed)."""
+    gate = getattr(pipe.mogle, "gating", None)
+    if gate is None:
+        raise InputError(f"this MoGLE has no gate (gating_mode={pipe.mogle.config.gating_mode!r})")
+    names = expert_names(pipe.mogle)
+    steps: list[GateStep] = []
+
+    def hook(module, args, weights):  # weights: (B, N, A)
+        timestep = torch.as_tensor(args[2]).reshape(-1).float().mean().item()
+        means = weights.detach().float().mean(dim=(0, 1))  # (A,)
+        steps.append(GateStep(timestep, names, tuple(means.tolist())))
+
+    handle = gate.register_forward_hook(hook)
+    try:
+        yield steps
+    finally:
+        handle.remove()
+
+
+def gate_weights_svg(steps: Sequence[GateStep], *, title: str = "MoGLE gate weight per denoising step",
+                     width: int = 560, height: int = 320) -> str:
+    """An SVG line plot of the global weight and the summed local weight against the step index."""
+    if not steps:
+        raise InputError("no gate steps were recorded")
+    left, right, top, bottom = 56, 120, 36, 44
+    plot_w, plot_h = width - left - right, height - top - bottom
+    count = len(steps)
+
+    def x(i: int) -> float:
+        return left + (plot_w * i / (count - 1) if count > 1 else plot_w / 2)
+
+    def y(value: float) -> float:
+        return top + plot_h * (1 - value)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'font-family="sans-serif" font-size="12">',
+             f'<rect width="{width}" height="{height}" fill="white"/>',
+             f'<text x="{left}" y="20" font-size="14">{title}</text>']
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(f'<line x1="{left}" y1="{y(tick):.1f}" x2="{left + plot_w}" y2="{y(tick):.1f}" stroke="#ddd"/>')
+        parts.append(f'<text x="{left - 8}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:.2f}</text>')
+    for i in range(count):
+        if i % max(1, count // 10) == 0 or i == count - 1:
+            parts.append(f'<text x="{x(i):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{i + 1}</text>')
+    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">denoising step '
+                 f'(t = {steps[0].timestep:.2f} to {steps[-1].timestep:.2f})</text>')
+    parts.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#444"/>')
+    for label, colour, values in (("global expert", "#d62728", [s.global_weight for s in steps]),
+                                  ("local experts (sum)", "#1f77b4", [s.local_weight for s in steps])):
+        points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))
+        parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        legend_y = top + 14 + 18 * (label.startswith("local"))
+        parts.append(f'<line x1="{left + plot_w + 10}" y1="{legend_y - 4}" x2="{left + plot_w + 26}" '
+                     f'y2="{legend_y - 4}" stroke="{colour}" stroke-width="2"/>')
+        parts.append(f'<text x="{left + plot_w + 30}" y="{legend_y}">{label}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
