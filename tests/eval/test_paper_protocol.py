@@ -7,6 +7,7 @@ extractors of ``conftest.py``. The pipeline is built once and wrapped in a spy t
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -191,6 +192,8 @@ def test_an_image_depends_only_on_its_id_and_the_seed(dataset, tiny_pipe, tmp_pa
     generate_images(lambda: tiny_pipe, subset[1:], "mask+text", reseeded, tmp_path / "reseeded", progress=False)
     assert np.abs(pixels(tmp_path / "all" / "27000.png") - pixels(tmp_path / "reseeded" / "27000.png")).mean() > 10
     assert image_seed(PAPER_SEED, "29999") == 30041
+    assert image_seed(0, "00129b5490b5") == int(hashlib.sha256(b"00129b5490b5").hexdigest()[:8], 16)
+    assert image_seed(1, "00129b5490b5") == image_seed(0, "00129b5490b5") + 1
 
 
 def test_resume_generates_only_the_missing_images(dataset, tiny_pipe, tmp_path):

@@ -147,6 +147,20 @@ def test_parse_matches_forward_and_accepts_paths(tmp_path):
     assert np.array_equal(parser.parse([str(tmp_path / "face.png")])[0], expected)
 
 
+def test_image_features_are_the_pooled_bottleneck(tmp_path):
+    parser = tiny_parser()
+    photos = [random_photo(32, 32, seed=seed) for seed in (1, 2)]
+    features = parser.image_features(photos)
+    assert features.shape == (2, parser.config.block_channels[-1]) and features.dtype == torch.float32
+    pixels = torch.stack([torch.from_numpy(np.array(p)).permute(2, 0, 1) for p in photos]).float() / 127.5 - 1.0
+    with torch.no_grad():
+        bottleneck = parser._encode(pixels)[-1]  # same size as the model input: no resize involved
+    torch.testing.assert_close(features, bottleneck.mean(dim=(2, 3)))
+    assert not torch.allclose(features[0], features[1])
+    with pytest.raises(InputError):
+        parser.image_features([])
+
+
 def test_parse_keeps_training_mode_and_rejects_bad_input(tmp_path):
     parser = tiny_parser().train()
     parser.parse(random_photo(16, 16))

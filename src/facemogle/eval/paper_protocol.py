@@ -61,7 +61,7 @@ REPORT_NAME = "eval.json"
 TABLE_NAME = "eval.md"
 FEATURE_CACHE_FOLDER = "feature-cache"
 GENERATED_SUFFIX = ".png"
-SEED_RULE = "seed + int(id)"
+SEED_RULE = "seed + int(id) (ids that are not integers: seed + first 4 bytes of sha256(id))"
 ALL_MODES = "all"
 
 
@@ -175,8 +175,11 @@ def seeded_choice(seed: int, stem: str, count: int) -> int:
 
 
 def image_seed(seed: int, stem: str) -> int:
-    """The seed of image ``<stem>`` (an integer id): ``seed + int(stem)``."""
-    return seed + int(stem)
+    """The seed of image ``<stem>``: ``seed + int(stem)`` for integer ids (MM-CelebA-HQ), otherwise
+    ``seed`` + the first 4 bytes of sha256(stem) (hashed file names such as the mini set's)."""
+    if stem.isdigit():
+        return seed + int(stem)
+    return seed + int.from_bytes(hashlib.sha256(stem.encode("utf-8")).digest()[:4], "big")
 
 
 def _shown(stems: list[str], limit: int = 5) -> str:

@@ -217,8 +217,8 @@ class FaceParser(ModelMixin, ConfigMixin, PhotoParserMixin):
         self.head = nn.Conv2d(block_channels[0], num_classes, 1)
         self.register_buffer("mirrored_class_ids", mirrored_class_ids(), persistent=False)
 
-    def forward(self, pixel_values: torch.Tensor, output_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """(B, 3, S, S) RGB in [-1, 1] -> (B, num_classes, S/2, S/2) logits (or at ``output_size``)."""
+    def _encode(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, S, S) RGB in [-1, 1] -> the output of every encoder stage, (B, C_i, S/2**(i+1), ...)."""
         batch, _, height, width = pixel_values.shape
         x = pixel_values
         if self.config.use_coord_channels:
@@ -231,6 +231,23 @@ class FaceParser(ModelMixin, ConfigMixin, PhotoParserMixin):
         for stage in self.encoder:
             x = stage(x)
             skips.append(x)
+        return skips
+
+    @torch.no_grad()
+    def image_features(self, images: Sequence[ImageSource]) -> torch.Tensor:
+        """(B, C_last) float32: the bottleneck averaged over space, a face-specific image embedding.
+
+        Used for FID-style distances where Inception weights are not at hand (the bundled model's
+        card); such numbers compare runs with each other, never with Inception FIDs.
+        """
+        photos = [open_image(image) for image in images]
+        if not photos:
+            raise InputError("image_features needs at least one image")
+        return self._encode(self._pixel_values(photos))[-1].float().mean(dim=(2, 3))
+
+    def forward(self, pixel_values: torch.Tensor, output_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """(B, 3, S, S) RGB in [-1, 1] -> (B, num_classes, S/2, S/2) logits (or at ``output_size``)."""
+        skips = self._encode(pixel_values)
         x = skips.pop()  # (B, C_last, S/2**n, S/2**n)
         x = x + self.global_context(F.adaptive_avg_pool2d(x, 1))  # (B, C_last, 1, 1) broadcast
         for stage in self.decoder:
