@@ -7,7 +7,14 @@ Stages (each writes under ``--work-dir``; nothing is written into the dataset fo
 3. autoencoder  the VAE (config ``stage: autoencoder``) -> ``<work>/autoencoder/vae``
 4. text         the byte-level CLIP / T5 pair, contrastive on the captions -> ``<work>/text``
 5. diffusion    transformer + condition LoRA + MoGLE from scratch (config ``mode: scratch``)
-6. export       the whole pipeline in float16 + ``MODEL_CARD.md`` -> ``--export``
+6. export       the whole pipeline in float16 + the text-image score weights + ``MODEL_CARD.md``
+                -> ``--export``
+7. evaluate     ``scripts/evaluate_tiny_model.py``: metrics on the validation faces into the card,
+                sample grid and gate-weight plot into ``docs/images`` (a pilot evaluates 8 faces
+                and leaves the docs alone)
+
+Finished stages are reused when the script runs again with the same ``--work-dir`` (each writes
+``<stage dir>/stage_report.json``; delete that file to train the stage again).
 
 ``--pilot-minutes M`` cuts every stage to a time share of M minutes (1 thread) to check the
 recipe end to end and measure each stage's throughput; its export goes to ``<work>/export``
@@ -21,6 +28,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--export", default=None, help="export directory (default: src/facemogle/weights/tiny; "
                                                       "<work>/export for a pilot)")
     p.add_argument("--num-val", type=int, default=100, help="faces held out for validation (default 100)")
-    p.add_argument("--text-steps", type=int, default=240, help="text-encoder steps (default 240: ~10 min, 19 epochs)")
+    p.add_argument("--text-steps", type=int, default=1200, help="text-encoder steps (default 1200: ~8 min, 96 epochs)")
     p.add_argument("--text-batch-size", type=int, default=64)
     p.add_argument("--text-lr", type=float, default=1e-3, help="text-encoder learning rate (default 1e-3)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the config's)")
@@ -141,10 +151,17 @@ def main(argv=None) -> int:
 
     # 6. export
     stage_header("export")
-    export_pipeline(result.final_checkpoint, export, report, split, config)
+    export_pipeline(result.final_checkpoint, export, report, split, config, text_dir=work / "text")
     (work / "recipe_report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(report, indent=1))
-    return 0
+
+    # 7. evaluate
+    stage_header("evaluate")
+    command = [sys.executable, str(REPO / "scripts" / "evaluate_tiny_model.py"), "--model", str(export),
+               "--work-dir", str(work), "--data", str(data_root), "--threads", str(threads)]
+    if pilot:
+        command += ["--limit", "8", "--bench-runs", "1", "--docs", str(work / "docs")]
+    return subprocess.run(command, check=False).returncode
 
 
 STAGE_REPORT = "stage_report.json"
@@ -195,17 +212,18 @@ def train_text_stage(args, base, common: dict, work: Path, pilot: bool) -> dict:
                         captioned=sum(bool(c) for c in captions), faces=len(captions))
 
 
-def export_pipeline(checkpoint: Path, export: Path, report: dict, split, config) -> None:
-    """The final checkpoint's pipeline, stored in float16 (loaded back in float32) + a model card."""
-    import shutil
-
+def export_pipeline(checkpoint: Path, export: Path, report: dict, split, config, text_dir: Path) -> None:
+    """The final checkpoint's pipeline in float16 (loaded back in float32), the text stage's
+    text-image score weights and a model card."""
     from facemogle.specs import load_pipeline
+    from facemogle.train.text_encoders import SCORE_FILE
 
     pipe = load_pipeline("saved", path=checkpoint)
     pipe.to(dtype=torch.float16)
     if export.exists():
         shutil.rmtree(export)
     pipe.save_pretrained(str(export), safe_serialization=True)
+    shutil.copyfile(text_dir / SCORE_FILE, export / SCORE_FILE)
     size_mb = sum(f.stat().st_size for f in export.rglob("*") if f.is_file()) / 1e6
     parameters = {name: sum(p.numel() for p in getattr(pipe, name).parameters())
                   for name in ("transformer", "mogle", "vae", "text_encoder", "text_encoder_2")}
@@ -215,6 +233,8 @@ def export_pipeline(checkpoint: Path, export: Path, report: dict, split, config)
 
 
 def model_card(report: dict, split, config) -> str:
+    from facemogle.train.text_encoders import SCORE_FILE
+
     stages = report["stages"]
     params = report["export"]["parameters"]
     lines = [
@@ -255,11 +275,11 @@ def model_card(report: dict, split, config) -> str:
         "encoder gives the transformer no reason to separate 'blond' from 'black'; so a text stage first trains",
         "the byte-level CLIP / T5 pair contrastively against a small image tower on the training photos",
         "(facemogle.train.text_encoders): captions of visibly different faces get different embeddings.",
+        f"The image tower is kept as `{SCORE_FILE}`, the text score of the metrics below.",
         "",
-        "## Metrics (to be filled by the full run)",
+        "## Metrics",
         "",
-        "- `facemogle bench generate --model tiny --threads 2`: s/image mask+text, text-only: TODO",
-        "- mIoU(parse(generated), mask) / mIoU(parse(real), mask) on the validation masks: TODO (target >= 0.8)",
+        "Filled in by `scripts/evaluate_tiny_model.py` (the recipe's last stage).",
         "",
         "## Known limits",
         "",
