@@ -84,7 +84,8 @@ def main(argv=None) -> int:
     spec, options = checkpoint_spec(model_dir)
     pipe = load_pipeline(spec, **options)
     pipe.set_progress_bar_config(disable=True)
-    generation = GenerationSettings(model=spec, steps=STEPS, size=SIZE, seed=args.seed, batch_size=4)
+    generation = GenerationSettings(model=spec, steps=STEPS, size=SIZE, seed=args.seed, batch_size=4,
+                                    guidance=pipe.default_guidance_scale)
     with record_gate_weights(pipe) as gate_steps:
         generate_images(lambda: pipe, images, "mask+text", generation, out / "generated")
     generated = {image.stem: Image.open(out / "generated" / f"{image.stem}.png").convert("RGB") for image in images}
@@ -151,7 +152,8 @@ def main(argv=None) -> int:
     bench = bench_generate(spec, size=SIZE, steps=STEPS, runs=args.bench_runs, threads=args.threads,
                            spec_options=options)
     metrics = {
-        "validation_faces": len(stems), "size": SIZE, "steps": STEPS, "seed_rule": "paper_protocol.image_seed",
+        "validation_faces": len(stems), "size": SIZE, "steps": STEPS, "guidance": pipe.default_guidance_scale,
+        "seed_rule": "paper_protocol.image_seed",
         "miou": miou, "miou_ratio": miou["generated"] / miou["real"],
         "pixel_accuracy": {name: float(np.trace(c) / c.sum()) for name, c in confusions.items()},
         "fid_style_parser_features": fid_style, "text_score": text,
@@ -180,7 +182,7 @@ def write_card_metrics(card: Path, m: dict) -> None:
 
 Measured by `python scripts/evaluate_tiny_model.py` (the last stage of `make tiny-model`) on the
 {m['validation_faces']} held-out validation faces, one image each from its mask and first caption sentence,
-{m['size']} px, {m['steps']} steps; every number below is in `metrics.json` beside the weights.
+{m['size']} px, {m['steps']} steps, guidance {m['guidance']}; every number below is in `metrics.json` beside the weights.
 
 | | value |
 |---|---|

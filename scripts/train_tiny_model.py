@@ -145,13 +145,17 @@ def main(argv=None) -> int:
         steps = steps_in(60 * args.pilot_minutes * PILOT_SHARES["diffusion"], per_step)
         diffusion_overrides.update({"train.lr_warmup_steps": min(base.train.lr_warmup_steps, steps // 4)})
     config = load_config(args.config, dict(diffusion_overrides, **{"train.max_steps": steps}))
-    result = train(config, progress=not pilot)
-    report["stages"]["diffusion"] = stage_report(result.step_seconds, result.losses, config.train.batch_size,
-                                                 time.perf_counter() - started, cache=result.cache_stats)
+    report["stages"]["diffusion"] = finished_stage(work / "diffusion")
+    if report["stages"]["diffusion"] is None:
+        result = train(config, progress=not pilot)
+        report["stages"]["diffusion"] = finish_stage(work / "diffusion", stage_report(
+            result.step_seconds, result.losses, config.train.batch_size, time.perf_counter() - started,
+            cache=result.cache_stats, final_checkpoint=str(result.final_checkpoint)))
 
     # 6. export
     stage_header("export")
-    export_pipeline(result.final_checkpoint, export, report, split, config, text_dir=work / "text")
+    export_pipeline(Path(report["stages"]["diffusion"]["final_checkpoint"]), export, report, split, config,
+                    text_dir=work / "text")
     (work / "recipe_report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(report, indent=1))
 
@@ -215,10 +219,12 @@ def train_text_stage(args, base, common: dict, work: Path, pilot: bool) -> dict:
 def export_pipeline(checkpoint: Path, export: Path, report: dict, split, config, text_dir: Path) -> None:
     """The final checkpoint's pipeline in float16 (loaded back in float32), the text stage's
     text-image score weights and a model card."""
-    from facemogle.specs import load_pipeline
+    from facemogle.specs import SCRATCH_GUIDANCE_SCALE, load_pipeline
     from facemogle.train.text_encoders import SCORE_FILE
 
     pipe = load_pipeline("saved", path=checkpoint)
+    pipe.register_to_config(default_guidance_scale=SCRATCH_GUIDANCE_SCALE)  # the only guidance it was trained with
+    pipe.default_guidance_scale = SCRATCH_GUIDANCE_SCALE
     pipe.to(dtype=torch.float16)
     if export.exists():
         shutil.rmtree(export)

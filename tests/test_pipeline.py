@@ -217,3 +217,24 @@ def test_max_sequence_length_default_is_saved_and_used(tmp_path):
     assert seen == [64]
     pipe.save_pretrained(tmp_path / "p")
     assert FaceMoGLEPipeline.from_pretrained(tmp_path / "p").default_max_sequence_length == 64
+
+
+def test_guidance_default_is_saved_and_used(tmp_path):
+    from facemogle.pipeline import FaceMoGLEPipeline
+
+    pipe = load_pipeline("tiny-random", seed=0)
+    assert pipe.default_guidance_scale == 3.5  # FLUX.1-dev's
+    seen = []
+    embed = pipe.transformer.time_text_embed.forward
+    pipe.transformer.time_text_embed.forward = lambda t, g, *a: (seen.append(float(g[0])), embed(t, g, *a))[1]
+    call = dict(prompt="x", seed=0, num_inference_steps=1, output_type="latent")
+    pipe(**call)
+    pipe.register_to_config(default_guidance_scale=1.0)
+    pipe.default_guidance_scale = 1.0
+    pipe(**call)
+    pipe(guidance_scale=2.0, **call)
+    # diffusers scales guidance by 1000 before embedding it (twice a step: image and condition stream)
+    assert list(dict.fromkeys(seen)) == [3500.0, 1000.0, 2000.0]
+    del pipe.transformer.time_text_embed.forward
+    pipe.save_pretrained(tmp_path / "p")
+    assert FaceMoGLEPipeline.from_pretrained(tmp_path / "p").default_guidance_scale == 1.0

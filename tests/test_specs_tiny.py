@@ -60,3 +60,13 @@ def test_trained_text_encoders_replace_the_random_ones(tiny_random, tmp_path):
             torch.testing.assert_close(a, b, msg=name)
     with pytest.raises(CheckpointError, match="no trained text encoders"):
         load_pipeline("tiny", random_init=True, text_encoders=tmp_path / "missing")
+
+
+def test_registry_inference_setting_matches_the_preset(tiny_random):
+    from facemogle.specs import SCRATCH_GUIDANCE_SCALE, get_spec
+
+    size, steps, guidance = get_spec("tiny").inference
+    assert size == tiny_random.default_sample_size * tiny_random.vae_scale_factor == 128
+    assert steps == tiny_random.default_num_inference_steps
+    assert guidance == tiny_random.default_guidance_scale == SCRATCH_GUIDANCE_SCALE == 1.0
+    assert get_spec("flux-dev").inference is None  # the paper's setting

@@ -147,6 +147,7 @@ class FaceMoGLEPipeline(FluxPipeline):
         default_sample_size: int = 64,
         default_num_inference_steps: int = 28,
         default_max_sequence_length: int = 512,
+        default_guidance_scale: float = 3.5,
     ):
         super().__init__(
             scheduler=scheduler,
@@ -163,14 +164,18 @@ class FaceMoGLEPipeline(FluxPipeline):
         # Saved in model_index.json. Defaults: 64 x 8 = 512 px and 28 steps, the paper's
         # inference setting (METHOD.md section 6); small specs set their own.
         # T5 tokens per prompt (FLUX: 512); training must use the same value as inference.
+        # Guidance: FLUX.1-dev's distilled guidance embedding works at 3.5; a transformer trained
+        # from scratch has only ever seen guidance 1 (the trainer's value) and needs 1.0.
         self.register_to_config(
             default_sample_size=default_sample_size,
             default_num_inference_steps=default_num_inference_steps,
             default_max_sequence_length=default_max_sequence_length,
+            default_guidance_scale=default_guidance_scale,
         )
         self.default_sample_size = default_sample_size
         self.default_num_inference_steps = default_num_inference_steps
         self.default_max_sequence_length = default_max_sequence_length
+        self.default_guidance_scale = default_guidance_scale
 
     # ------------------------------------------------------------------------------------------
     # saving and loading
@@ -242,7 +247,7 @@ class FaceMoGLEPipeline(FluxPipeline):
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int | None = None,
-        guidance_scale: float = 3.5,
+        guidance_scale: float | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         seed: int | list[int] | None = None,
@@ -261,7 +266,11 @@ class FaceMoGLEPipeline(FluxPipeline):
                 :func:`facemogle.masks.load_mask` reads). ``None``: text-only generation.
             prompt: one prompt or a list. ``None`` or ``""``: mask-only generation.
                 Masks and prompts broadcast: give one of each, one and many, or equally many.
-            height, width: output size (default 512); masks are resized with nearest neighbour.
+            height, width: output size (default: the pipeline's ``default_sample_size`` x the VAE
+                factor, 512 px for FLUX.1-dev); masks are resized with nearest neighbour.
+            num_inference_steps: default: the pipeline's ``default_num_inference_steps``.
+            guidance_scale: FLUX guidance (default: the pipeline's ``default_guidance_scale``:
+                3.5 for FLUX.1-dev, 1.0 for the scratch-trained tiny model).
             num_images_per_prompt: images per (mask, prompt) pair.
             generator: one ``torch.Generator`` per image (or one for a single image). With a
                 single generator for several images, one seed per image is drawn from it.
@@ -278,6 +287,8 @@ class FaceMoGLEPipeline(FluxPipeline):
             num_inference_steps = self.default_num_inference_steps
         if max_sequence_length is None:
             max_sequence_length = self.default_max_sequence_length
+        if guidance_scale is None:
+            guidance_scale = self.default_guidance_scale
         height = int(height or self.default_sample_size * self.vae_scale_factor)
         width = int(width or self.default_sample_size * self.vae_scale_factor)
         if output_type not in ("pil", "np", "pt", "latent"):

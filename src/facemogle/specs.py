@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 OFFICIAL_LORA_NAME = "pytorch_lora_weights.safetensors"
 OFFICIAL_MOGLE_NAME = "global_local_mask_moe.pt"
 FLUX_DEV_HUB_ID = "black-forest-labs/FLUX.1-dev"
-#: The model ``facemogle generate`` uses when none is named.
-DEFAULT_MODEL = "flux-dev"
+#: The model every command uses when none is named: the bundled CPU model.
+DEFAULT_MODEL = "tiny"
 
 
 @dataclass(frozen=True)
@@ -38,16 +38,18 @@ class ModelSpec:
     name: str
     description: str
     build: Callable[..., "FaceMoGLEPipeline"]  # noqa: F821
+    #: the (size, steps, guidance) the model is meant to be sampled with; None: the paper's
+    inference: tuple[int, int, float] | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(name: str, description: str):
+def register(name: str, description: str, inference: tuple[int, int, float] | None = None):
     """Decorator adding a builder function to the registry under ``name``."""
 
     def wrap(build):
-        _REGISTRY[name] = ModelSpec(name=name, description=description, build=build)
+        _REGISTRY[name] = ModelSpec(name=name, description=description, build=build, inference=inference)
         return build
 
     return wrap
@@ -295,6 +297,10 @@ TINY_T5_TEXT = dict(d_model=TINY_TEXT_WIDTH, d_kv=64, d_ff=2 * TINY_TEXT_WIDTH, 
 #: Where the trained bundled model lives (a FaceMoGLEPipeline.save_pretrained directory).
 TINY_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "tiny"
 TINY_TRAIN_COMMAND = "make tiny-model"
+#: Guidance of a transformer trained from scratch: the trainer always feeds guidance 1 (FLUX's
+#: convention for training), so that is the only value its guidance embedding knows; FLUX.1-dev's
+#: 3.5 makes such a model's faces blotchy.
+SCRATCH_GUIDANCE_SCALE = 1.0
 
 
 def build_small_pipeline(transformer_config: dict, vae_config: dict, clip_config: dict, t5_config: dict, *,
@@ -330,7 +336,8 @@ def build_small_pipeline(transformer_config: dict, vae_config: dict, clip_config
     return _assemble(components, MoGLE().eval(), **pipeline_defaults)
 
 
-@register("tiny", "the bundled CPU model: 128 px, 20 steps, trained here on CelebAMask-HQ (weights in the package)")
+@register("tiny", "the bundled CPU model: 128 px, 20 steps, trained here on CelebAMask-HQ (weights in the package)",
+          inference=(TINY_SAMPLE_SIZE * 8, TINY_NUM_INFERENCE_STEPS, SCRATCH_GUIDANCE_SCALE))  # /8 VAE: 128 px
 def build_tiny(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, weights: str | os.PathLike | None = None,
                random_init: bool = False, text_encoders: str | os.PathLike | None = None, seed: int = 0,
                lora_rank: int = 4):
@@ -351,6 +358,7 @@ def build_tiny(device: str | torch.device = "cpu", dtype: torch.dtype = torch.fl
         pipe = build_small_pipeline(TINY_TRANSFORMER, TINY_VAE, TINY_CLIP_TEXT, TINY_T5_TEXT, seed=seed,
                                     lora_rank=lora_rank, default_sample_size=TINY_SAMPLE_SIZE,
                                     default_num_inference_steps=TINY_NUM_INFERENCE_STEPS,
+                                    default_guidance_scale=SCRATCH_GUIDANCE_SCALE,
                                     default_max_sequence_length=TINY_MAX_SEQUENCE_LENGTH)
         if text_encoders is not None:
             from transformers import CLIPTextModel, T5EncoderModel

@@ -25,7 +25,8 @@ def add_parser(subparsers) -> None:
     add_model_arguments(p)
     p.add_argument("--seed", type=int, default=PAPER_SEED, help=f"seed of the first image; image k gets seed+k (default {PAPER_SEED})")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
-    p.add_argument("--guidance", type=float, default=3.5, help="FLUX guidance scale (default 3.5)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="FLUX guidance scale (default: the model's: 3.5 for flux-dev, 1.0 for tiny)")
     p.add_argument("--size", type=int, default=None, help="output height and width in pixels (default: the model's)")
     p.add_argument("--num-images", type=int, default=1, help="images to generate; with more than one a grid is written too")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
