@@ -24,12 +24,17 @@ $(STAMP): pyproject.toml constraints.txt
 test: venv
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# The main job: faces from the shipped example mask with the bundled CPU model (offline, seconds).
+DEMO_MASK := src/facemogle/assets/masks/example.png
+DEMO_PROMPT := This person has long brown hair and is smiling.
 demo: venv
-	$(VENV)/bin/facemogle mask show src/facemogle/assets/masks/example.png -o out/demo_mask.png
-	@echo "wrote out/demo_mask.png"
+	$(VENV)/bin/facemogle generate --mask $(DEMO_MASK) --prompt "$(DEMO_PROMPT)" --num-images 4 -o out/demo_face.png
+	$(VENV)/bin/facemogle mask show $(DEMO_MASK) -o out/demo_mask.png
+	@echo "wrote out/demo_face-0.png .. out/demo_face-3.png, out/demo_face-grid.png and out/demo_mask.png"
 
 # Reproduce the bundled CPU model (about 2 hours on 2 cores): captions, split, autoencoder, text
-# encoders, diffusion from scratch, export to src/facemogle/weights/tiny (scripts/train_tiny_model.py).
+# encoders, diffusion from scratch, export to src/facemogle/weights/tiny, then its metrics, sample grid
+# and gate plot (scripts/train_tiny_model.py, scripts/evaluate_tiny_model.py).
 tiny-model: venv
 	$(PY) scripts/train_tiny_model.py --config configs/tiny.yaml --work-dir runs/tiny-model
 
