@@ -153,6 +153,7 @@ def main(argv=None) -> int:
                            spec_options=options)
     metrics = {
         "validation_faces": len(stems), "size": SIZE, "steps": STEPS, "guidance": pipe.default_guidance_scale,
+        "mask_guidance": pipe.default_mask_guidance_scale,
         "seed_rule": "paper_protocol.image_seed",
         "miou": miou, "miou_ratio": miou["generated"] / miou["real"],
         "pixel_accuracy": {name: float(np.trace(c) / c.sum()) for name, c in confusions.items()},
@@ -190,7 +191,7 @@ def write_card_metrics(card: Path, m: dict) -> None:
 
 Measured by `python scripts/evaluate_tiny_model.py` (the last stage of `make tiny-model`) on the
 {m['validation_faces']} held-out validation faces, one image each from its mask and first caption sentence,
-{m['size']} px, {m['steps']} steps, guidance {m['guidance']}; every number below is in `metrics.json` beside the weights.
+{m['size']} px, {m['steps']} steps, guidance {m['guidance']}, mask guidance {m['mask_guidance']}; every number below is in `metrics.json` beside the weights.
 
 | | value |
 |---|---|
@@ -213,6 +214,9 @@ features (Inception weights are not downloadable here), so it compares runs of t
 score is the cosine (x 100) of the text stage's image tower and caption embedding: a CLIP-score
 analogue trained on the same captions, so only the gap between own and other captions is meaningful.
 Speed: `facemogle bench generate --threads {b['threads']} --json bench.json` (default model: tiny).
+Mask guidance ({m['mask_guidance']}, the pipeline's `mask_guidance_scale`) runs the transformer on the
+mask and on the empty mask each step, hence the slower mask + text time; the gate plot
+(`docs/images/tiny_gate_weights.svg`) averages the gate over both halves of that batch.
 
 ![samples: mask, generated, real](../../../../docs/images/tiny_samples.png)
 

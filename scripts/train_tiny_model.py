@@ -219,12 +219,14 @@ def train_text_stage(args, base, common: dict, work: Path, pilot: bool) -> dict:
 def export_pipeline(checkpoint: Path, export: Path, report: dict, split, config, text_dir: Path) -> None:
     """The final checkpoint's pipeline in float16 (loaded back in float32), the text stage's
     text-image score weights and a model card."""
-    from facemogle.specs import SCRATCH_GUIDANCE_SCALE, load_pipeline
+    from facemogle.specs import SCRATCH_GUIDANCE_SCALE, TINY_MASK_GUIDANCE_SCALE, load_pipeline
     from facemogle.train.text_encoders import SCORE_FILE
 
     pipe = load_pipeline("saved", path=checkpoint)
-    pipe.register_to_config(default_guidance_scale=SCRATCH_GUIDANCE_SCALE)  # the only guidance it was trained with
+    pipe.register_to_config(default_guidance_scale=SCRATCH_GUIDANCE_SCALE,  # the only guidance it was trained with
+                            default_mask_guidance_scale=TINY_MASK_GUIDANCE_SCALE)
     pipe.default_guidance_scale = SCRATCH_GUIDANCE_SCALE
+    pipe.default_mask_guidance_scale = TINY_MASK_GUIDANCE_SCALE
     pipe.to(dtype=torch.float16)
     if export.exists():
         shutil.rmtree(export)

@@ -238,3 +238,34 @@ def test_guidance_default_is_saved_and_used(tmp_path):
     del pipe.transformer.time_text_embed.forward
     pipe.save_pretrained(tmp_path / "p")
     assert FaceMoGLEPipeline.from_pretrained(tmp_path / "p").default_guidance_scale == 1.0
+
+
+def test_mask_guidance(tmp_path, example_mask_ids):
+    """w = 1 is the plain prediction; w = 0 keeps only the empty-mask prediction (= text-only); one
+    Euler step is linear in w; the default is saved with the pipeline."""
+    from facemogle.pipeline import FaceMoGLEPipeline
+
+    pipe = load_pipeline("tiny-random", seed=0)
+    with torch.no_grad():  # a trained-looking condition LoRA, so that the mask matters
+        for name, parameter in pipe.transformer.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    assert pipe.default_mask_guidance_scale == 1.0
+    call = dict(prompt="a face", seed=[0, 1], num_images_per_prompt=2, num_inference_steps=2, output_type="latent")
+    plain = pipe(mask=example_mask_ids, **call).images  # (2, N, 64)
+    text_only = pipe(mask=None, **call).images
+    assert (plain - text_only).abs().mean() > 1e-4  # the mask moves the latents (tiny-random: ~2e-4)
+    torch.testing.assert_close(pipe(mask=example_mask_ids, mask_guidance_scale=1.0, **call).images, plain)
+    torch.testing.assert_close(pipe(mask=example_mask_ids, mask_guidance_scale=0.0, **call).images, text_only,
+                               atol=2e-6, rtol=0)
+    one_step = dict(call, num_inference_steps=1, output_type="latent")
+    latents = {w: pipe(mask=example_mask_ids, mask_guidance_scale=w, **one_step).images for w in (0.0, 1.0, 3.0)}
+    torch.testing.assert_close(latents[3.0] - latents[1.0], 2 * (latents[1.0] - latents[0.0]), atol=2e-6, rtol=0)
+    guided = pipe(mask=example_mask_ids, mask_guidance_scale=3.0, **call).images
+    assert (guided - plain).abs().mean() > 2e-4
+    single = pipe(mask=example_mask_ids, mask_guidance_scale=3.0, prompt="a face", seed=1, num_inference_steps=2,
+                  output_type="latent").images
+    torch.testing.assert_close(single[0], guided[1], atol=2e-6, rtol=0)  # batch-independent as ever
+    pipe.register_to_config(default_mask_guidance_scale=3.0)
+    pipe.save_pretrained(tmp_path / "p")
+    assert FaceMoGLEPipeline.from_pretrained(tmp_path / "p").default_mask_guidance_scale == 3.0

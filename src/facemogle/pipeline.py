@@ -148,6 +148,7 @@ class FaceMoGLEPipeline(FluxPipeline):
         default_num_inference_steps: int = 28,
         default_max_sequence_length: int = 512,
         default_guidance_scale: float = 3.5,
+        default_mask_guidance_scale: float = 1.0,
     ):
         super().__init__(
             scheduler=scheduler,
@@ -171,11 +172,14 @@ class FaceMoGLEPipeline(FluxPipeline):
             default_num_inference_steps=default_num_inference_steps,
             default_max_sequence_length=default_max_sequence_length,
             default_guidance_scale=default_guidance_scale,
+            default_mask_guidance_scale=default_mask_guidance_scale,
         )
         self.default_sample_size = default_sample_size
         self.default_num_inference_steps = default_num_inference_steps
         self.default_max_sequence_length = default_max_sequence_length
         self.default_guidance_scale = default_guidance_scale
+        # Mask guidance: 1.0 = off (the paper's sampling); the tiny model ships with more.
+        self.default_mask_guidance_scale = default_mask_guidance_scale
 
     # ------------------------------------------------------------------------------------------
     # saving and loading
@@ -248,6 +252,7 @@ class FaceMoGLEPipeline(FluxPipeline):
         width: int | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
+        mask_guidance_scale: float | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         seed: int | list[int] | None = None,
@@ -271,6 +276,11 @@ class FaceMoGLEPipeline(FluxPipeline):
             num_inference_steps: default: the pipeline's ``default_num_inference_steps``.
             guidance_scale: FLUX guidance (default: the pipeline's ``default_guidance_scale``:
                 3.5 for FLUX.1-dev, 1.0 for the scratch-trained tiny model).
+            mask_guidance_scale: classifier-free guidance on the mask, ``w``: each step also
+                predicts with the empty mask (all background, as text-only generation) and uses
+                ``pred_empty + w * (pred_mask - pred_empty)``. 1.0 (off, the paper's sampling) costs
+                nothing; any other value doubles the transformer's batch. Default: the pipeline's
+                ``default_mask_guidance_scale`` (1.0; the tiny model: see its card).
             num_images_per_prompt: images per (mask, prompt) pair.
             generator: one ``torch.Generator`` per image (or one for a single image). With a
                 single generator for several images, one seed per image is drawn from it.
@@ -289,6 +299,8 @@ class FaceMoGLEPipeline(FluxPipeline):
             max_sequence_length = self.default_max_sequence_length
         if guidance_scale is None:
             guidance_scale = self.default_guidance_scale
+        if mask_guidance_scale is None:
+            mask_guidance_scale = self.default_mask_guidance_scale
         height = int(height or self.default_sample_size * self.vae_scale_factor)
         width = int(width or self.default_sample_size * self.vae_scale_factor)
         if output_type not in ("pil", "np", "pt", "latent"):
@@ -315,6 +327,10 @@ class FaceMoGLEPipeline(FluxPipeline):
         mask_index = [i if len(masks) > 1 else 0 for i in range(pairs) for _ in range(num_images_per_prompt)]
         condition_tokens = self.encode_masks(masks, height, width, mask_order)  # (M, E, N, 64)
         condition_tokens = condition_tokens[mask_index].to(device)  # (B, E, N, 64)
+        mask_guided = mask_guidance_scale != 1.0 and any(m is not None for m in masks)
+        if mask_guided:  # the empty mask's tokens, for the unconditional half of the batch
+            empty = self.encode_masks([None], height, width).to(device)  # (1, E, N, 64)
+            condition_tokens = torch.cat([condition_tokens, empty.expand_as(condition_tokens)])  # (2B, E, N, 64)
 
         # 3. initial noise, one generator per image
         if seed is not None:
@@ -364,21 +380,26 @@ class FaceMoGLEPipeline(FluxPipeline):
                 if self.interrupt:
                     continue
                 self._current_timestep = t
-                t_unit = (t / num_train_timesteps).expand(total).to(latents.dtype)  # (B,) in (0, 1]
+                copies = 2 if mask_guided else 1  # (mask, empty mask) halves of the batch
+                model_latents = latents.repeat(copies, 1, 1)  # (copies * B, N, 64)
+                t_unit = (t / num_train_timesteps).expand(copies * total).to(latents.dtype)  # in (0, 1]
                 tokens = self.mogle(
-                    condition_tokens.to(mogle_dtype), latents.to(mogle_dtype), t_unit.to(mogle_dtype)
-                ).to(latents.dtype)  # (B, N, 64)
+                    condition_tokens.to(mogle_dtype), model_latents.to(mogle_dtype), t_unit.to(mogle_dtype)
+                ).to(latents.dtype)  # (copies * B, N, 64)
                 noise_pred = condition_forward(
                     self.transformer,
-                    hidden_states=latents,
+                    hidden_states=model_latents,
                     condition_tokens=tokens,
-                    encoder_hidden_states=prompt_embeds,
-                    pooled_projections=pooled_prompt_embeds,
+                    encoder_hidden_states=prompt_embeds.repeat(copies, 1, 1),
+                    pooled_projections=pooled_prompt_embeds.repeat(copies, 1),
                     timestep=t_unit,
                     img_ids=image_ids,
                     txt_ids=text_ids,
-                    guidance=guidance,
+                    guidance=None if guidance is None else guidance.repeat(copies),
                 )
+                if mask_guided:
+                    with_mask, empty_mask = noise_pred.chunk(2)
+                    noise_pred = empty_mask + mask_guidance_scale * (with_mask - empty_mask)  # (B, N, 64)
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     local = {"latents": latents, "prompt_embeds": prompt_embeds, "noise_pred": noise_pred, "condition_tokens": tokens}

@@ -301,6 +301,9 @@ TINY_TRAIN_COMMAND = "make tiny-model"
 #: convention for training), so that is the only value its guidance embedding knows; FLUX.1-dev's
 #: 3.5 makes such a model's faces blotchy.
 SCRATCH_GUIDANCE_SCALE = 1.0
+#: The tiny model's mask guidance (FaceMoGLEPipeline ``mask_guidance_scale``): on 24 validation
+#: faces, mIoU(parse(generated), mask) went 0.26 -> 0.36 -> 0.37 -> 0.37 for w = 1, 2, 3, 5.
+TINY_MASK_GUIDANCE_SCALE = 3.0
 
 
 def build_small_pipeline(transformer_config: dict, vae_config: dict, clip_config: dict, t5_config: dict, *,
@@ -359,6 +362,7 @@ def build_tiny(device: str | torch.device = "cpu", dtype: torch.dtype = torch.fl
                                     lora_rank=lora_rank, default_sample_size=TINY_SAMPLE_SIZE,
                                     default_num_inference_steps=TINY_NUM_INFERENCE_STEPS,
                                     default_guidance_scale=SCRATCH_GUIDANCE_SCALE,
+                                    default_mask_guidance_scale=TINY_MASK_GUIDANCE_SCALE,
                                     default_max_sequence_length=TINY_MAX_SEQUENCE_LENGTH)
         if text_encoders is not None:
             from transformers import CLIPTextModel, T5EncoderModel

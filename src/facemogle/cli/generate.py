@@ -27,6 +27,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None,
                    help="FLUX guidance scale (default: the model's: 3.5 for flux-dev, 1.0 for tiny)")
+    p.add_argument("--mask-guidance", type=float, default=None,
+                   help="classifier-free guidance on the mask (default: the model's: 1.0 = off for flux-dev, 3.0 for tiny)")
     p.add_argument("--size", type=int, default=None, help="output height and width in pixels (default: the model's)")
     p.add_argument("--num-images", type=int, default=1, help="images to generate; with more than one a grid is written too")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -82,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         num_images_per_prompt=args.num_images,
         seed=args.seed,
         guidance_scale=args.guidance,
+        mask_guidance_scale=args.mask_guidance,
         mask_order=args.mask_order,
     )
     if args.steps is not None:
