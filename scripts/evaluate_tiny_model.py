@@ -216,7 +216,7 @@ analogue trained on the same captions, so only the gap between own and other cap
 Speed: `facemogle bench generate --threads {b['threads']} --json bench.json` (default model: tiny).
 Mask guidance ({m['mask_guidance']}, the pipeline's `mask_guidance_scale`) runs the transformer on the
 mask and on the empty mask each step, hence the slower mask + text time; the gate plot
-(`docs/images/tiny_gate_weights.svg`) averages the gate over both halves of that batch.
+(`docs/images/tiny_gate_weights.svg`) shows the masked half of that batch.
 
 ![samples: mask, generated, real](../../../../docs/images/tiny_samples.png)
 

@@ -328,6 +328,7 @@ class FaceMoGLEPipeline(FluxPipeline):
         condition_tokens = self.encode_masks(masks, height, width, mask_order)  # (M, E, N, 64)
         condition_tokens = condition_tokens[mask_index].to(device)  # (B, E, N, 64)
         mask_guided = mask_guidance_scale != 1.0 and any(m is not None for m in masks)
+        self._mask_guided = mask_guided  # the batch holds (mask, empty mask) halves; read by gate recorders
         if mask_guided:  # the empty mask's tokens, for the unconditional half of the batch
             empty = self.encode_masks([None], height, width).to(device)  # (1, E, N, 64)
             condition_tokens = torch.cat([condition_tokens, empty.expand_as(condition_tokens)])  # (2B, E, N, 64)

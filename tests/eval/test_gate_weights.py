@@ -64,3 +64,14 @@ def test_svg_plot_has_both_curves():
     assert len(global_points) == 5 and global_points[0][1] > global_points[-1][1]  # rising weight = falling y
     with pytest.raises(InputError):
         gate_weights_svg([])
+
+
+def test_mask_guided_calls_record_the_masked_half_only(pipe, example_mask_ids):
+    call = dict(prompt="a face", num_inference_steps=2, height=64, width=64, seed=0, output_type="latent")
+    with record_gate_weights(pipe) as plain:
+        pipe(mask=example_mask_ids, **call)
+    with record_gate_weights(pipe) as guided:
+        pipe(mask=example_mask_ids, mask_guidance_scale=3.0, **call)
+    assert len(guided) == 2
+    # step 1 sees the same noise and mask: the same gate weights as without guidance
+    assert guided[0].mean_weights == pytest.approx(plain[0].mean_weights, abs=1e-6)

@@ -2,7 +2,7 @@
 
 ``record_gate_weights(pipe)`` hooks the gate of ``pipe.mogle`` for the length of a ``with`` block;
 every denoising step adds one :class:`GateStep` (the step's t and the weights averaged over the
-batch and the tokens). ``gate_weights_svg`` draws the global expert's weight and the summed
+batch and the tokens; with mask guidance, over the images' own masks only, not the empty-mask half). ``gate_weights_svg`` draws the global expert's weight and the summed
 weight of the local experts against the step index (a dependency-free SVG line plot):
 
     with record_gate_weights(pipe) as steps:
@@ -61,6 +61,8 @@ def record_gate_weights(pipe) -> Iterator[list[GateStep]]:
 
     def hook(module, args, weights):  # weights: (B, N, A)
         timestep = torch.as_tensor(args[2]).reshape(-1).float().mean().item()
+        if getattr(pipe, "_mask_guided", False):  # mask guidance: keep the masked half, not the empty mask's
+            weights = weights[: weights.shape[0] // 2]
         means = weights.detach().float().mean(dim=(0, 1))  # (A,)
         steps.append(GateStep(timestep, names, tuple(means.tolist())))
 
