@@ -62,7 +62,7 @@ def main(argv=None) -> int:
 
     from facemogle.bench_generate import bench_generate
     from facemogle.data.datasets import index_dataset
-    from facemogle.eval.gate_weights import gate_weights_svg, record_gate_weights
+    from facemogle.eval.gate_weights import GateStep, gate_weights_svg, record_gate_weights
     from facemogle.eval.metrics import confusion_matrix, frechet_distance
     from facemogle.eval.paper_protocol import GenerationSettings, ProtocolImage, generate_images
     from facemogle.eval.parser import load_parser
@@ -128,20 +128,15 @@ def main(argv=None) -> int:
             "real_own_caption": text_scores(real_list, captions),
             "real_other_caption": text_scores(real_list, shifted)}
 
-    steps_per_call = STEPS
-    if gate_steps:
-        trace = np.array([[s.global_weight, s.local_weight] for s in gate_steps]).reshape(-1, steps_per_call, 2)
-        mean_trace = trace.mean(axis=0)
-        template = gate_steps[:steps_per_call]
-        from facemogle.eval.gate_weights import GateStep
-
+    if gate_steps:  # one GateStep per step of every batch: average the batches step by step
+        trace = np.array([[s.global_weight, s.local_weight] for s in gate_steps]).reshape(-1, STEPS, 2)
         averaged = [GateStep(s.timestep, ("global", "local"), (float(g), float(l)))
-                    for s, (g, l) in zip(template, mean_trace)]
+                    for s, (g, l) in zip(gate_steps[:STEPS], trace.mean(axis=0))]
     else:  # every image existed already: record one batch
         with record_gate_weights(pipe) as gate_steps:
             pipe(mask=[image.mask for image in images[:4]], prompt=captions[:4], height=SIZE, width=SIZE,
                  num_inference_steps=STEPS, seed=args.seed)
-        averaged = gate_steps[:steps_per_call]
+        averaged = gate_steps[:STEPS]
     docs = Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "tiny_gate_weights.svg").write_text(gate_weights_svg(

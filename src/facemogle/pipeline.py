@@ -368,9 +368,12 @@ class FaceMoGLEPipeline(FluxPipeline):
         self._num_timesteps = len(timesteps)
         self.scheduler.set_begin_index(0)
         num_train_timesteps = self.scheduler.config.num_train_timesteps
+        copies = 2 if mask_guided else 1  # the transformer's batch: (mask, empty mask) halves
         guidance = None
         if self.transformer.config.guidance_embeds:
-            guidance = torch.full((total,), guidance_scale, device=device, dtype=torch.float32)
+            guidance = torch.full((copies * total,), guidance_scale, device=device, dtype=torch.float32)
+        model_prompt_embeds = prompt_embeds.repeat(copies, 1, 1)  # (copies * B, L, D)
+        model_pooled_prompt_embeds = pooled_prompt_embeds.repeat(copies, 1)  # (copies * B, P)
 
         # 5. denoising loop
         _onload(self.mogle)
@@ -381,7 +384,6 @@ class FaceMoGLEPipeline(FluxPipeline):
                 if self.interrupt:
                     continue
                 self._current_timestep = t
-                copies = 2 if mask_guided else 1  # (mask, empty mask) halves of the batch
                 model_latents = latents.repeat(copies, 1, 1)  # (copies * B, N, 64)
                 t_unit = (t / num_train_timesteps).expand(copies * total).to(latents.dtype)  # in (0, 1]
                 tokens = self.mogle(
@@ -391,12 +393,12 @@ class FaceMoGLEPipeline(FluxPipeline):
                     self.transformer,
                     hidden_states=model_latents,
                     condition_tokens=tokens,
-                    encoder_hidden_states=prompt_embeds.repeat(copies, 1, 1),
-                    pooled_projections=pooled_prompt_embeds.repeat(copies, 1),
+                    encoder_hidden_states=model_prompt_embeds,
+                    pooled_projections=model_pooled_prompt_embeds,
                     timestep=t_unit,
                     img_ids=image_ids,
                     txt_ids=text_ids,
-                    guidance=None if guidance is None else guidance.repeat(copies),
+                    guidance=guidance,
                 )
                 if mask_guided:
                     with_mask, empty_mask = noise_pred.chunk(2)
