@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Train the shipped face parser (``facemogle.eval.parser.FaceParser``) on a CelebAMask-HQ-style folder.
 
-One command (the recipe of ``src/facemogle/weights/parser``; CPU, one thread):
-
-    python scripts/train_parser.py --data ../shared/data/celebamask-hq-mini \\
-        --output src/facemogle/weights/parser --work-dir /tmp/facemogle-parser
+The shipped weights (``src/facemogle/weights/parser``) come from two runs of this script, which
+``make parser`` chains (CPU, one thread): 50 epochs from scratch, then 45 epochs fine-tuned from
+those weights (``--init-from``, a fresh warm-up + cosine schedule at a lower learning rate) with
+repeat-factor sampling (``--rare-class-threshold``) so that images with rare classes (necklace,
+hat, eyeglasses) are drawn about twice as often. The model card lists both commands.
 
 What it does:
 
@@ -12,7 +13,7 @@ What it does:
    writes the split to ``WORK_DIR/split.json``.
 2. Decodes every training pair once at the model's ``sample_size`` (photos with the parser's own
    ``resize_photo``, masks with nearest neighbour) and keeps them in memory as uint8.
-3. Trains with batch-level augmentation in torch (horizontal flip with left/right class swap,
+3. Trains (from scratch, or from ``--init-from``) with batch-level augmentation in torch (horizontal flip with left/right class swap,
    small rotation/scale/shift, brightness/contrast/saturation jitter, rare greyscale), loss =
    cross-entropy + soft Dice, AdamW, one warm-up epoch then a cosine decay to zero; bf16 autocast
    where the CPU supports it. Seeded: the same command gives the same weights on the same machine.
@@ -150,6 +151,25 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, dice_weight: f
     return cross_entropy + dice_weight * (1.0 - dice.mean())
 
 
+def repeat_factors(masks: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(N,) draw weight per training image: max over the classes it holds of max(1, sqrt(threshold / f_c)).
+
+    ``f_c`` is the fraction of images holding class c (LVIS-style repeat-factor sampling), so images
+    with rare classes (necklace, hat, eyeglasses) are drawn more often. masks: (N, S, S) uint8 ids.
+    """
+    present = torch.stack([torch.bincount(m.reshape(-1).long(), minlength=NUM_CLASSES) > 0 for m in masks])  # (N, C)
+    fraction = present.float().mean(0).clamp_min(1.0 / len(masks))  # (C,)
+    per_class = (threshold / fraction).sqrt().clamp_min(1.0)  # (C,)
+    return torch.where(present, per_class, torch.zeros(())).amax(1).clamp_min(1.0)  # (N,)
+
+
+def epoch_order(num_images: int, weights: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+    """One epoch of training indices: a permutation, or ``num_images`` weighted draws with replacement."""
+    if weights is None:
+        return torch.randperm(num_images, generator=generator)
+    return torch.multinomial(weights, num_images, replacement=True, generator=generator)
+
+
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     if step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -181,6 +201,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, default=Path("src/facemogle/weights/parser"))
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/facemogle-parser"))
     p.add_argument("--resume", action="store_true", help="continue from WORK_DIR/checkpoint.pt")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from the weights of a saved parser (a previous run's --output); its architecture is kept")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads for training")
     p.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL)
@@ -200,6 +222,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-shift", type=float, default=0.06, help="fraction of the half-width")
     p.add_argument("--color-jitter", type=float, default=0.25)
     p.add_argument("--greyscale-prob", type=float, default=0.05)
+    p.add_argument("--rare-class-threshold", type=float, default=0.0,
+                   help="repeat-factor sampling: an image's draw weight is max(1, sqrt(T / f)) over its classes, "
+                        "f = fraction of training images holding the class (0 = plain shuffling)")
     p.add_argument("--val-every", type=int, default=5, help="quick val IoU every N epochs")
     p.add_argument("--weights-dtype", choices=("float16", "float32"), default="float16", help="storage dtype")
     p.add_argument("--no-final", action="store_true", help="skip save/evaluate/card (sanity runs)")
@@ -217,15 +242,26 @@ def main(argv: list[str] | None = None) -> int:
     split = split_folder(args.data, num_val=args.num_val, salt=args.split_salt)
     write_split(split, args.work_dir / SPLIT_NAME)
     print(f"split: {len(split.train)} train / {len(split.val)} val, val fingerprint {split.fingerprint[:16]}")
+    if args.init_from is not None:
+        model = load_parser(args.init_from).float()  # stored float16; train in float32
+        if not isinstance(model, FaceParser):
+            sys.exit(f"--init-from {args.init_from}: not a FaceParser folder")
+        args.block_channels = list(model.config.block_channels)
+        args.convs_per_block, args.sample_size = model.config.convs_per_block, model.config.sample_size
+        print(f"initialised from {args.init_from}")
+    else:
+        model = FaceParser(
+            block_channels=tuple(args.block_channels),
+            convs_per_block=args.convs_per_block,
+            sample_size=args.sample_size,
+        )
+    print(f"FaceParser: {sum(p.numel() for p in model.parameters()):,} parameters")
     train_photos, train_masks = load_pairs(args.data, list(split.train), args.sample_size)
     val_photos, val_masks = load_pairs(args.data, list(split.val), args.sample_size)
-
-    model = FaceParser(
-        block_channels=tuple(args.block_channels),
-        convs_per_block=args.convs_per_block,
-        sample_size=args.sample_size,
-    )
-    print(f"FaceParser: {sum(p.numel() for p in model.parameters()):,} parameters")
+    weights = repeat_factors(train_masks, args.rare_class_threshold) if args.rare_class_threshold > 0 else None
+    if weights is not None:
+        print(f"repeat-factor sampling (threshold {args.rare_class_threshold}): weights {weights.min():.2f}..{weights.max():.2f}, "
+              f"{int((weights > 1).sum())} of {len(weights)} images above 1")
     model = model.to(memory_format=torch.channels_last)  # faster oneDNN convolutions on CPU
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = len(train_photos) // args.batch_size
@@ -249,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     model.train()
     for epoch in range(start_epoch, args.epochs):
         epoch_start = time.time()
-        order = torch.randperm(len(train_photos), generator=generator)
+        order = epoch_order(len(train_photos), weights, generator)
         losses = []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", mininterval=20, file=sys.stdout)
         for step in bar:
@@ -300,8 +336,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
         seconds[threads] = time_parse(parser, args.data / "images", split.val[0])
     weights_bytes = sum(p.stat().st_size for p in args.output.glob("*.safetensors"))
+    stage_1 = None
+    if args.init_from is not None:
+        init_metrics = args.init_from / "metrics.json"
+        init_report = json.loads(init_metrics.read_text()) if init_metrics.is_file() else {}
+        stage_1 = {key: init_report.get(key) for key in ("command", "epochs", "train_minutes", "mean_iou", "threads")}
     report = {
         "command": command,
+        "init_from": stage_1,
         "train_minutes": round(train_seconds / 60, 1),
         "epochs": args.epochs,
         "threads": args.threads,
@@ -331,6 +373,31 @@ def time_parse(parser, images_dir: Path, stem: str) -> float:
         parser.parse(photo)
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def recipe_text(report: dict) -> str:
+    """The command(s) that made the weights: one, or stage 1 (from scratch) then the fine-tuning stage."""
+    stage_1 = report.get("init_from")
+    if not stage_1:
+        return f"```\n{report['command']}\n```"
+    return f"""Two stages (`make parser` runs both):
+
+1. From scratch, {stage_1['epochs']} epochs ({stage_1['train_minutes']} min on {stage_1['threads']} thread(s); val mIoU {stage_1['mean_iou']:.4f}):
+   ```
+   {stage_1['command']}
+   ```
+2. Fine-tuned from the stage-1 weights (`--init-from`):
+   ```
+   {report['command']}
+   ```"""
+
+
+def sampling_text(threshold: float) -> str:
+    if not threshold:
+        return "Sampling: every training image once per epoch, shuffled."
+    return (f"Sampling: repeat-factor sampling, threshold {threshold} (an image is drawn with weight max(1, sqrt({threshold} / f)) "
+            "over its classes, f = fraction of training images holding the class; rare classes such as necklace, hat "
+            "and eyeglasses are seen about twice as often).")
 
 
 def model_card(report: dict) -> str:
@@ -366,16 +433,15 @@ weights carry the same restriction. The facemogle code is Apache-2.0; the weight
 
 ## Recipe
 
-```
-{report['command']}
-```
+{recipe_text(report)}
 
-Training: {report['epochs']} epochs, batch {report['args']['batch_size']}, AdamW (lr {report['args']['lr']}, weight decay
+Training{' (last stage)' if report.get('init_from') else ''}: {report['epochs']} epochs, batch {report['args']['batch_size']}, AdamW (lr {report['args']['lr']}, weight decay
 {report['args']['weight_decay']}), 1 warm-up epoch then cosine decay, cross-entropy + {report['args']['dice_weight']} x soft Dice,
 bf16 autocast = {report['args']['bf16']}, seed {report['args']['seed']}. Augmentation: horizontal flip with left/right eye,
 eyebrow and ear swap; rotation +-{report['args']['max_rotation']} deg, scale x/÷{report['args']['max_scale']}, shift +-{report['args']['max_shift']};
 brightness/contrast/saturation +-{report['args']['color_jitter']}, greyscale p={report['args']['greyscale_prob']}.
-Training time: **{report['train_minutes']} min** on {report['threads']} CPU thread(s) (Intel Xeon, 2 cores shared).
+{sampling_text(report['args'].get('rare_class_threshold', 0.0))}
+Training time{' of this stage' if report.get('init_from') else ''}: **{report['train_minutes']} min** on {report['threads']} CPU thread(s) (Intel Xeon, 2 cores shared).
 
 ## Validation split
 

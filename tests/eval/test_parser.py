@@ -318,6 +318,55 @@ def test_recipe_loss_is_cross_entropy_plus_dice():
     torch.testing.assert_close(recipe.segmentation_loss(logits, labels, 0.5), expected)
 
 
+def test_recipe_repeat_factors_favour_images_with_rare_classes():
+    recipe = load_recipe()
+    masks = torch.zeros(4, 6, 6, dtype=torch.uint8)  # background everywhere
+    masks[:, 0, 0] = class_id("face skin")  # in every image: factor 1
+    masks[0, 1, 1] = class_id("necklace")  # in 1 of 4 images: f = 0.25
+    masks[1, 1, 1] = masks[2, 1, 1] = class_id("hat")  # in 2 of 4 images: f = 0.5
+    weights = recipe.repeat_factors(masks, threshold=1.0)
+    torch.testing.assert_close(weights, torch.tensor([2.0, 2**0.5, 2**0.5, 1.0]))  # max(1, sqrt(T / f))
+    assert torch.equal(recipe.repeat_factors(masks, threshold=0.25), torch.ones(4))  # every f >= T: no repeats
+
+    generator = torch.Generator().manual_seed(0)
+    assert torch.equal(recipe.epoch_order(5, None, generator).sort().values, torch.arange(5))  # a permutation
+    draws = torch.cat([recipe.epoch_order(4, torch.tensor([1.0, 1.0, 1.0, 9.0]), generator) for _ in range(500)])
+    assert len(draws) == 2000 and abs(float((draws == 3).float().mean()) - 0.75) < 0.03
+
+
+def write_tiny_face_folder(root: Path, count: int = 5, size: int = 32) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for index in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / "images" / f"{index}.jpg")
+        ids = np.zeros((size, size), np.uint8)
+        ids[8:24, 8:24] = class_id("face skin")
+        ids[12:14, 10:14] = class_id("left eye")
+        Image.fromarray(ids).save(root / "masks" / f"{index}.png")
+    return root
+
+
+def test_recipe_fine_tunes_from_a_saved_parser_and_the_card_names_both_stages(tmp_path, capsys):
+    recipe = load_recipe()
+    data = write_tiny_face_folder(tmp_path / "faces")
+    common = ["--data", str(data), "--num-val", "1", "--epochs", "1", "--batch-size", "2", "--no-bf16",
+              "--weights-dtype", "float32"]
+    stage_1 = ["--output", str(tmp_path / "stage1"), "--work-dir", str(tmp_path / "w1"),
+               "--block-channels", "4", "8", "--sample-size", "32"]
+    assert recipe.main(common + stage_1) == 0
+    stage_2 = ["--output", str(tmp_path / "stage2"), "--work-dir", str(tmp_path / "w2"),
+               "--init-from", str(tmp_path / "stage1"), "--rare-class-threshold", "0.3", "--lr", "0"]
+    assert recipe.main(common + stage_2) == 0  # lr 0: the fine-tuned weights are the stage-1 weights
+    first, second = load_parser(tmp_path / "stage1"), load_parser(tmp_path / "stage2")
+    assert list(second.config.block_channels) == list(first.config.block_channels) == [4, 8]  # architecture kept
+    for (name, a), (_, b) in zip(first.named_parameters(), second.named_parameters()):  # (norm statistics move)
+        torch.testing.assert_close(a, b, msg=name)
+    card = (tmp_path / "stage2" / "MODEL_CARD.md").read_text()
+    assert "Two stages" in card and "--init-from" in card and "repeat-factor sampling, threshold 0.3" in card
+    assert " ".join(stage_1[:2]) in card  # stage 1's own command, read from its metrics.json
+
+
 # --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------
