@@ -4,6 +4,7 @@ loss going down on real faces, cached vs uncached training, refused resumptions,
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ from facemogle.errors import CheckpointError
 from facemogle.specs import OFFICIAL_MOGLE_NAME
 from facemogle.train import checkpoint as ckpt
 from facemogle.train.config import config_from_dict
-from facemogle.train.trainer import LOG_NAME, Trainer, discarded_condition_lora_parameters
+from facemogle.train.trainer import LOG_NAME, Trainer, TrainResult, discarded_condition_lora_parameters
 
 from .conftest import RESOLUTION, single_thread_environment, tiny_config
 
@@ -141,10 +142,14 @@ def test_two_processes_match_one_process_with_the_same_total_batch(synthetic_dat
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
                "--dynamo_backend", "no",
-               "-m", "facemogle", "train", str(tmp_path / "two.yaml"), "--no-progress"]
+               "-m", "facemogle", "train", str(tmp_path / "two.yaml"), "--no-progress",
+               "--result-json", str(tmp_path / "two.json")]
     finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert finished.returncode == 0, finished.stderr[-3000:]
     two_final = ckpt.latest_checkpoint(tmp_path / "two" / "checkpoints")
+    two_result = TrainResult.from_dict(json.loads((tmp_path / "two.json").read_text()))  # written by the main process
+    assert (two_result.global_step, two_result.final_checkpoint) == (steps, two_final)
+    assert len(two_result.losses) == len(two_result.step_seconds) == steps
     assert {"rng_state_0.pt", "rng_state_1.pt"} <= {p.name for p in two_final.iterdir()}  # really 2 processes
     assert ckpt.TrainerState.from_file(two_final / ckpt.STATE_NAME).num_processes == 2
 

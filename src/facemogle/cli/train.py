@@ -7,6 +7,8 @@ The config is validated completely before anything is loaded (see ``facemogle.tr
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 RESUME_LATEST = "latest"
 
@@ -24,6 +26,8 @@ def add_parser(subparsers) -> None:
                    "run if there is none), or the checkpoint directory DIR")
     p.add_argument("--max-steps", type=int, default=None, metavar="N", help="override train.max_steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--result-json", default=None, metavar="FILE",
+                   help="also write the run's result (steps, per-step losses and seconds, final checkpoint) as JSON")
     p.set_defaults(func=run)
 
 
@@ -42,4 +46,6 @@ def run(args: argparse.Namespace) -> int:
     if PartialState().is_main_process:
         where = result.final_checkpoint or result.output_dir
         print(f"trained {result.global_step} steps; output: {where}")
+        if args.result_json:
+            Path(args.result_json).write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
     return 0

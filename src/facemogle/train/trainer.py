@@ -360,6 +360,18 @@ class TrainResult:
         times = self.step_seconds[skip:] or self.step_seconds
         return len(times) / sum(times) if times and sum(times) > 0 else float("nan")
 
+    def to_dict(self) -> dict:
+        """JSON-ready (paths as strings); :meth:`from_dict` reads it back."""
+        return {f.name: (str(v) if isinstance(v, Path) else v)
+                for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainResult":
+        values = dict(values)
+        for name in ("output_dir", "final_checkpoint"):
+            values[name] = None if values.get(name) is None else Path(values[name])
+        return cls(**values)
+
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
     flat = {}
