@@ -43,6 +43,8 @@ def test_is_the_default_model_and_ships_within_40_mb():
     size = sum(f.stat().st_size for f in TINY_WEIGHTS_DIR.rglob("*") if f.is_file())
     assert 10e6 < size <= 40e6
     assert not list(TINY_WEIGHTS_DIR.rglob("*.bin")) and not list(TINY_WEIGHTS_DIR.rglob("*.pt"))  # safetensors only
+    for config_file in TINY_WEIGHTS_DIR.rglob("*.json"):  # no trace of the machine that trained it
+        assert "_name_or_path" not in json.loads(config_file.read_text(encoding="utf-8")), config_file
 
 
 def test_faces_follow_their_own_validation_mask(pipe, parser, mini_dataset_dir):
