@@ -17,15 +17,19 @@ neighbour):
 - speed: ``facemogle bench generate`` (mask + text and text-only, median of 5, 2 threads);
 - the mean MoGLE gate weight of the global and the local experts per denoising step.
 
-Writes ``<model>/metrics.json``, the "Metrics" section of ``<model>/MODEL_CARD.md``,
+Generated images go to ``<work>/eval/generated`` and are reused by a later run only when the model's
+weights and the sampling settings are the same (``settings.json`` there). ``--parser`` scores with
+another parser. Writes ``<model>/metrics.json``, the "Metrics" section of ``<model>/MODEL_CARD.md``,
 ``docs/images/tiny_samples.png`` (mask | generated | real) and ``docs/images/tiny_gate_weights.svg``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bench-runs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="first N validation faces only (smoke runs)")
+    p.add_argument("--parser", default=None, help="face parser folder or BiSeNet .pth (default: the shipped parser)")
     return p.parse_args(argv)
 
 
@@ -86,11 +91,14 @@ def main(argv=None) -> int:
     pipe.set_progress_bar_config(disable=True)
     generation = GenerationSettings(model=spec, steps=STEPS, size=SIZE, seed=args.seed, batch_size=4,
                                     guidance=pipe.default_guidance_scale)
+    forget_images_made_otherwise(out / "generated", {
+        "weights": weights_digest(model_dir), "size": SIZE, "steps": STEPS, "seed": args.seed,
+        "guidance": pipe.default_guidance_scale, "mask_guidance": pipe.default_mask_guidance_scale})
     with record_gate_weights(pipe) as gate_steps:
         generate_images(lambda: pipe, images, "mask+text", generation, out / "generated")
     generated = {image.stem: Image.open(out / "generated" / f"{image.stem}.png").convert("RGB") for image in images}
 
-    parser = load_parser(None)
+    parser = load_parser(args.parser)
     real = {r.stem: Image.open(r.image).convert("RGB").resize((SIZE, SIZE), Image.Resampling.LANCZOS) for r in val}
     masks = {r.stem: resize_mask(load_mask(r.mask), SIZE) for r in val}
     confusions = {name: np.zeros((19, 19), np.int64) for name in ("generated", "real", "generated_vs_other_mask")}
@@ -160,6 +168,29 @@ def main(argv=None) -> int:
     write_card_metrics(model_dir / "MODEL_CARD.md", metrics)
     print(json.dumps({k: v for k, v in metrics.items() if k != "gate_weights"}, indent=1))
     return 0
+
+
+SETTINGS_FILE = "settings.json"
+
+
+def weights_digest(model_dir: Path) -> str:
+    """sha256 over the model's safetensors files (names and bytes)."""
+    hasher = hashlib.sha256()
+    for path in sorted(model_dir.rglob("*.safetensors")):
+        hasher.update(str(path.relative_to(model_dir)).encode())
+        hasher.update(path.read_bytes())
+    return hasher.hexdigest()
+
+
+def forget_images_made_otherwise(folder: Path, settings: dict) -> None:
+    """Generated images are reused between runs only when the weights and sampling settings match;
+    otherwise the folder is emptied (and the settings written for the next run)."""
+    recorded = folder / SETTINGS_FILE
+    if folder.is_dir() and (not recorded.is_file() or json.loads(recorded.read_text(encoding="utf-8")) != settings):
+        print(f"{folder}: made with other weights or settings; generating again")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
 
 
 def sample_grid(rows: list[tuple[np.ndarray, Image.Image, Image.Image]], gap: int = 4) -> Image.Image:

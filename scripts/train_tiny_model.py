@@ -28,13 +28,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 #: Share of a pilot's minutes per stage (autoencoder, text, diffusion); captions/cache/export extra.
@@ -55,6 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--text-batch-size", type=int, default=64)
     p.add_argument("--text-lr", type=float, default=1e-3, help="text-encoder learning rate (default 1e-3)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the config's)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="data-parallel CPU processes (accelerate launch, gloo) for the autoencoder and diffusion stages; "
+                        "each gets threads/processes threads and batch/processes samples, so the total batch stays "
+                        "the config's")
     p.add_argument("--pilot-minutes", type=float, default=None, help="cut every stage to fit this many minutes")
     return p.parse_args(argv)
 
@@ -62,6 +69,37 @@ def parse_args(argv=None) -> argparse.Namespace:
 def stage_header(name: str) -> float:
     print(f"\n=== {name} ===", flush=True)
     return time.perf_counter()
+
+
+def run_training(config, processes: int, threads: int, name: str, work: Path, progress: bool):
+    """``facemogle.train.trainer.train(config)`` here, or in ``processes`` data-parallel CPU processes.
+
+    Several processes run ``accelerate launch -m facemogle train`` on the config written to
+    ``<work>/<name>.yaml`` (per-process batch = the config's batch / processes, so the update is the
+    same maths as one process; ``threads`` torch threads each) and read back its ``--result-json``.
+    """
+    from facemogle.train.trainer import TrainResult, train
+
+    if processes == 1:
+        return train(config, progress=progress)
+    values = config.to_dict()
+    for section in ("train", "autoencoder"):
+        batch = values[section]["batch_size"]
+        if batch % processes:
+            sys.exit(f"{section}.batch_size {batch} does not split over {processes} processes")
+        values[section]["batch_size"] = batch // processes
+    values["train"]["cpu_threads"] = threads
+    config_file, result_file = work / f"{name}.yaml", work / f"{name}.result.json"
+    config_file.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+    with socket.socket() as probe:  # a free port for the process group
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
+               "--dynamo_backend", "no", "-m", "facemogle", "train", str(config_file), "--result-json", str(result_file)]
+    environment = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS=str(threads))
+    subprocess.run(command + ([] if progress else ["--no-progress"]), env=environment, check=True)
+    return TrainResult.from_dict(json.loads(result_file.read_text(encoding="utf-8")))
 
 
 def steps_in(budget_s: float, seconds_per_step: float, at_least: int = 2) -> int:
@@ -78,7 +116,6 @@ def main(argv=None) -> int:
     from facemogle.data import splits
     from facemogle.data.captions import caption_folder
     from facemogle.train.config import load_config
-    from facemogle.train.trainer import train
 
     args = parse_args(argv)
     work = Path(args.work_dir).resolve()
@@ -89,7 +126,8 @@ def main(argv=None) -> int:
     data_root = Path(args.data or base.data.root).resolve()
     threads = args.threads or (1 if pilot else base.train.cpu_threads)
     torch.set_num_threads(threads)
-    report = {"pilot_minutes": args.pilot_minutes, "threads": threads, "stages": {}}
+    process_threads = max(1, threads // args.processes)  # torch threads of each training process
+    report = {"pilot_minutes": args.pilot_minutes, "threads": threads, "processes": args.processes, "stages": {}}
 
     # 1. captions
     started = stage_header("captions")
@@ -112,13 +150,14 @@ def main(argv=None) -> int:
     if pilot:
         probe = load_config(args.config, dict(ae_overrides, **{"autoencoder.max_steps": 3,
                                                                 "output_dir": str(work / "probe-ae")}))
-        per_step = time_per_step(lambda n: train(probe, progress=False).step_seconds)
+        per_step = time_per_step(lambda n: run_training(probe, args.processes, process_threads, "probe-ae", work,
+                                                        progress=False).step_seconds)
         ae_steps = steps_in(60 * args.pilot_minutes * PILOT_SHARES["autoencoder"], per_step)
     vae_dir = work / "autoencoder" / "vae"
     report["stages"]["autoencoder"] = finished_stage(work / "autoencoder")
     if report["stages"]["autoencoder"] is None:
         ae_config = load_config(args.config, dict(ae_overrides, **{"autoencoder.max_steps": ae_steps}))
-        ae = train(ae_config, progress=not pilot)
+        ae = run_training(ae_config, args.processes, process_threads, "autoencoder", work, progress=not pilot)
         report["stages"]["autoencoder"] = finish_stage(
             work / "autoencoder", stage_report(ae.step_seconds, ae.losses, ae_config.autoencoder.batch_size,
                                                time.perf_counter() - started))
@@ -141,13 +180,14 @@ def main(argv=None) -> int:
         diffusion_overrides.update({"sample.every": 0, "checkpoint.every": 10**6, "data.max_samples": PILOT_CACHED_FACES})
         probe = load_config(args.config, dict(diffusion_overrides, **{"train.max_steps": 3,
                                                                        "output_dir": str(work / "probe-diffusion")}))
-        per_step = time_per_step(lambda n: train(probe, progress=False).step_seconds)
+        per_step = time_per_step(lambda n: run_training(probe, args.processes, process_threads, "probe-diffusion",
+                                                        work, progress=False).step_seconds)
         steps = steps_in(60 * args.pilot_minutes * PILOT_SHARES["diffusion"], per_step)
         diffusion_overrides.update({"train.lr_warmup_steps": min(base.train.lr_warmup_steps, steps // 4)})
     config = load_config(args.config, dict(diffusion_overrides, **{"train.max_steps": steps}))
     report["stages"]["diffusion"] = finished_stage(work / "diffusion")
     if report["stages"]["diffusion"] is None:
-        result = train(config, progress=not pilot)
+        result = run_training(config, args.processes, process_threads, "diffusion", work, progress=not pilot)
         report["stages"]["diffusion"] = finish_stage(work / "diffusion", stage_report(
             result.step_seconds, result.losses, config.train.batch_size, time.perf_counter() - started,
             cache=result.cache_stats, final_checkpoint=str(result.final_checkpoint)))
@@ -231,6 +271,7 @@ def export_pipeline(checkpoint: Path, export: Path, report: dict, split, config,
     if export.exists():
         shutil.rmtree(export)
     pipe.save_pretrained(str(export), safe_serialization=True)
+    drop_local_paths(export)
     shutil.copyfile(text_dir / SCORE_FILE, export / SCORE_FILE)
     size_mb = sum(f.stat().st_size for f in export.rglob("*") if f.is_file()) / 1e6
     parameters = {name: sum(p.numel() for p in getattr(pipe, name).parameters())
@@ -238,6 +279,14 @@ def export_pipeline(checkpoint: Path, export: Path, report: dict, split, config,
     report["export"] = {"directory": str(export), "size_mb": round(size_mb, 2), "parameters": parameters}
     (export / "MODEL_CARD.md").write_text(model_card(report, split, config), encoding="utf-8")
     print(f"exported {export} ({size_mb:.1f} MB)")
+
+
+def drop_local_paths(export: Path) -> None:
+    """Remove diffusers' ``_name_or_path`` (this machine's checkpoint path) from the exported configs."""
+    for config_file in export.rglob("*.json"):
+        values = json.loads(config_file.read_text(encoding="utf-8"))
+        if isinstance(values, dict) and values.pop("_name_or_path", None) is not None:
+            config_file.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def model_card(report: dict, split, config) -> str:
