@@ -317,6 +317,16 @@ def test_recipe_loss_is_cross_entropy_plus_dice():
     expected = torch.nn.functional.cross_entropy(logits, labels) + 0.5 * (1 - dice.mean())
     torch.testing.assert_close(recipe.segmentation_loss(logits, labels, 0.5), expected)
 
+    # "present": only the classes the labels hold enter the Dice mean (absent ones no longer push down).
+    labels = torch.randint(0, 3, (2, 8, 8))  # classes 0, 1, 2 only
+    one_hot = torch.nn.functional.one_hot(labels, NUM_CLASSES).permute(0, 3, 1, 2).float()
+    dice = (2 * (probabilities * one_hot).sum((0, 2, 3)) + 1) / (probabilities.sum((0, 2, 3)) + one_hot.sum((0, 2, 3)) + 1)
+    cross_entropy = torch.nn.functional.cross_entropy(logits, labels)
+    torch.testing.assert_close(recipe.segmentation_loss(logits, labels, 0.5, "present"),
+                               cross_entropy + 0.5 * (1 - dice[:3].mean()))
+    torch.testing.assert_close(recipe.segmentation_loss(logits, labels, 0.5, "all"),
+                               cross_entropy + 0.5 * (1 - dice.mean()))
+
 
 def test_recipe_repeat_factors_favour_images_with_rare_classes():
     recipe = load_recipe()
@@ -363,8 +373,16 @@ def test_recipe_fine_tunes_from_a_saved_parser_and_the_card_names_both_stages(tm
     for (name, a), (_, b) in zip(first.named_parameters(), second.named_parameters()):  # (norm statistics move)
         torch.testing.assert_close(a, b, msg=name)
     card = (tmp_path / "stage2" / "MODEL_CARD.md").read_text()
-    assert "Two stages" in card and "--init-from" in card and "repeat-factor sampling, threshold 0.3" in card
+    assert "2 stages" in card and "--init-from" in card and "repeat-factor sampling, threshold 0.3" in card
     assert " ".join(stage_1[:2]) in card  # stage 1's own command, read from its metrics.json
+    assert "_name_or_path" not in (tmp_path / "stage2" / "config.json").read_text()  # no path of this machine
+
+    stage_3 = ["--output", str(tmp_path / "stage3"), "--work-dir", str(tmp_path / "w3"),
+               "--init-from", str(tmp_path / "stage2"), "--dice-classes", "present"]
+    assert recipe.main(common + stage_3) == 0
+    card = (tmp_path / "stage3" / "MODEL_CARD.md").read_text()
+    assert "3 stages" in card and "Dice averaged over the classes present in each batch" in card
+    assert card.index(str(tmp_path / "stage1")) < card.index(str(tmp_path / "stage2")) < card.index(str(tmp_path / "stage3"))
 
 
 # --------------------------------------------------------------------------------------------
