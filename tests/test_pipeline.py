@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import numpy as np
 import pytest
 import torch
@@ -117,6 +118,22 @@ def test_seed_gives_same_image_whatever_the_batch(tiny_pipe, mask_27000):
     # int seed s for K images = seeds s, s+1, ...
     many = tiny_pipe(mask=mask_27000, prompt="a", seed=6, num_images_per_prompt=2, output_type="pt", num_inference_steps=2).images
     torch.testing.assert_close(many[1:], single, atol=1e-5, rtol=0)
+
+
+def test_prompt_truncation_is_reported_once_per_pipeline_not_per_batch(caplog):
+    pipe = load_pipeline("tiny-random", seed=0)
+    long_prompt = "She has long wavy brown hair, arched eyebrows and a slightly open mouth. " * 3  # > 77 bytes
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            embeds, pooled, _ = pipe.encode_prompt(prompt=[long_prompt, "short"], prompt_2=None, max_sequence_length=32)
+    assert embeds.shape[:2] == (2, 32) and pooled.shape[0] == 2
+    assert not [r for r in caplog.records if "The following part of your input was truncated" in r.getMessage()]
+    ours = [r.getMessage() for r in caplog.records if r.name == "facemogle.pipeline"]
+    assert len(ours) == 1 and "CLIP (77 tokens)" in ours[0] and "T5 (max_sequence_length)" in ours[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        pipe.encode_prompt(prompt=["short"], prompt_2=None, max_sequence_length=32)
+    assert not caplog.records
 
 
 def test_generator_list_matches_seeds(tiny_pipe):

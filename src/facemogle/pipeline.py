@@ -20,6 +20,7 @@ Text-only generation uses an empty mask (all background); mask-only uses the emp
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ from facemogle.errors import InputError
 from facemogle.latents import encode_condition_images, latent_image_ids, unpack_latents, denormalise_latents
 from facemogle.masks import check_size, condition_images, load_mask, resize_mask
 from facemogle.mogle import MoGLE
+
+logger = logging.getLogger(__name__)
 
 MaskInput = Union[str, "os.PathLike[str]", PIL.Image.Image, np.ndarray, None]
 
@@ -202,6 +205,27 @@ class FaceMoGLEPipeline(FluxPipeline):
 
     # ------------------------------------------------------------------------------------------
     # inputs
+    def encode_prompt(self, prompt, prompt_2=None, *args, **kwargs):
+        """``FluxPipeline.encode_prompt``, with its truncation warnings summarised.
+
+        diffusers warns once per batch for every prompt cut at the CLIP encoder's 77 tokens or at
+        ``max_sequence_length`` T5 tokens, listing the cut text (pad tokens included for the shorter
+        prompts of the batch). That floods training and evaluation logs, so the warnings are counted
+        and one line per pipeline says what happened instead.
+        """
+        notices = _TruncationNotices()
+        flux_logger = logging.getLogger(FluxPipeline.__module__)
+        flux_logger.addFilter(notices)
+        try:
+            return super().encode_prompt(prompt, prompt_2, *args, **kwargs)
+        finally:
+            flux_logger.removeFilter(notices)
+            new = notices.encoders - getattr(self, "_reported_truncation", set())
+            if new:
+                self._reported_truncation = getattr(self, "_reported_truncation", set()) | new
+                logger.warning("prompts longer than the %s encoder%s take were cut there (the rest is ignored); "
+                               "said once per pipeline", " and ".join(sorted(new)), "s" if len(new) > 1 else "")
+
     @property
     def size_multiple(self) -> int:
         """Output sides must be multiples of this (VAE factor x 2x2 token patches)."""
@@ -423,3 +447,20 @@ class FaceMoGLEPipeline(FluxPipeline):
         if not return_dict:
             return (images,)
         return FaceMoGLEPipelineOutput(images=images)
+
+
+class _TruncationNotices(logging.Filter):
+    """Swallows diffusers' "The following part of your input was truncated ..." warnings, noting the encoder."""
+
+    PREFIX = "The following part of your input was truncated"
+
+    def __init__(self):
+        super().__init__()
+        self.encoders: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith(self.PREFIX):
+            return True
+        self.encoders.add("CLIP (77 tokens)" if "CLIP" in message else "T5 (max_sequence_length)")
+        return False
