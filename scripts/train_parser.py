@@ -402,7 +402,8 @@ def recipe_text(report: dict) -> str:
     last = len(stages) + 1
     items.append(f"{last}. Fine-tuned from stage {last - 1} (`--init-from`), the shipped weights:\n"
                  f"   ```\n   {report['command']}\n   ```")
-    return f"{len(stages) + 1} stages (`make parser` runs them all):\n\n" + "\n".join(items)
+    return (f"{len(stages) + 1} stages (`make parser` runs them all; the commands below are as each stage ran, "
+            "`make parser` keeps the intermediate weights under `out/parser-work`):\n\n" + "\n".join(items))
 
 
 def sampling_text(threshold: float) -> str:
