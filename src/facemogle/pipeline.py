@@ -220,11 +220,14 @@ class FaceMoGLEPipeline(FluxPipeline):
             return super().encode_prompt(prompt, prompt_2, *args, **kwargs)
         finally:
             flux_logger.removeFilter(notices)
-            new = notices.encoders - getattr(self, "_reported_truncation", set())
+            reported = getattr(self, "_reported_truncation", set())
+            new = notices.encoders - reported
             if new:
-                self._reported_truncation = getattr(self, "_reported_truncation", set()) | new
+                self._reported_truncation = reported | new
+                limits = {"CLIP": f"CLIP ({self.tokenizer_max_length} tokens)", "T5": "T5 (max_sequence_length)"}
                 logger.warning("prompts longer than the %s encoder%s take were cut there (the rest is ignored); "
-                               "said once per pipeline", " and ".join(sorted(new)), "s" if len(new) > 1 else "")
+                               "said once per pipeline", " and ".join(limits[e] for e in sorted(new)),
+                               "s" if len(new) > 1 else "")
 
     @property
     def size_multiple(self) -> int:
@@ -462,5 +465,5 @@ class _TruncationNotices(logging.Filter):
         message = record.getMessage()
         if not message.startswith(self.PREFIX):
             return True
-        self.encoders.add("CLIP (77 tokens)" if "CLIP" in message else "T5 (max_sequence_length)")
+        self.encoders.add("CLIP" if "CLIP" in message else "T5")
         return False
