@@ -130,17 +130,44 @@ FLIP_LUT = flip_lut()
 # --------------------------------------------------------------------------------------------
 
 
+def lovasz_softmax_loss(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Lovasz-softmax (Berman et al., CVPR 2018): a convex surrogate of 1 - IoU, per class over the batch.
+
+    For each class c present in ``labels``, the pixel errors |[y = c] - p_c| are sorted in decreasing
+    order and weighted by the increments of the Jaccard loss along that order (the gradient of its
+    Lovasz extension); the loss is the mean over those classes. probabilities (B, C, H, W) softmax
+    output, labels (B, H, W) int64.
+    """
+    num_classes = probabilities.shape[1]
+    flat = probabilities.permute(0, 2, 3, 1).reshape(-1, num_classes)  # (P, C)
+    flat_labels = labels.reshape(-1)  # (P,)
+    losses = []
+    for c in torch.unique(flat_labels).tolist():
+        foreground = (flat_labels == c).to(flat.dtype)  # (P,)
+        errors, order = torch.sort((foreground - flat[:, c]).abs(), descending=True)
+        foreground = foreground[order]
+        total = foreground.sum()
+        jaccard = 1.0 - (total - foreground.cumsum(0)) / (total + (1.0 - foreground).cumsum(0))  # (P,)
+        increments = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+        losses.append(torch.dot(errors, increments))
+    return torch.stack(losses).mean()
+
+
 def segmentation_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
     dice_weight: float,
     dice_classes: str = "all",
     class_weights: torch.Tensor | None = None,
+    lovasz_weight: float = 0.0,
+    lovasz_stride: int = 2,
 ) -> torch.Tensor:
     """Cross-entropy + ``dice_weight`` x (1 - soft Dice averaged over classes, pooled over the batch).
 
     ``class_weights`` (C,) weight each pixel's cross-entropy by its true class (a weighted mean, as
-    ``F.nll_loss`` takes it); ``None`` = plain mean.
+    ``F.nll_loss`` takes it); ``None`` = plain mean. ``lovasz_weight`` adds that times the
+    Lovasz-softmax loss on every ``lovasz_stride``-th pixel in each direction (its sorts dominate the
+    cost; the logits are upsampled from half resolution, so stride 2 loses little).
 
     ``dice_classes="all"`` averages the Dice of every class; ``"present"`` only of the classes the
     batch's labels hold. With "all", a class absent from the batch still scores
@@ -152,9 +179,13 @@ def segmentation_loss(
     num_classes = logits.shape[1]
     log_probabilities = logits.log_softmax(dim=1)  # (B, C, S, S)
     cross_entropy = F.nll_loss(log_probabilities, labels, weight=class_weights)
+    probabilities = log_probabilities.exp()
+    if lovasz_weight:
+        stride = lovasz_stride
+        lovasz = lovasz_softmax_loss(probabilities[:, :, ::stride, ::stride], labels[:, ::stride, ::stride])
+        cross_entropy = cross_entropy + lovasz_weight * lovasz
     if dice_weight == 0:
         return cross_entropy
-    probabilities = log_probabilities.exp()
     flat_labels = labels.reshape(-1)
     true_class_probability = probabilities.gather(1, labels[:, None]).reshape(-1)  # (B*S*S,)
     intersection = torch.zeros(num_classes).index_add(0, flat_labels, true_class_probability)  # (C,)
@@ -215,11 +246,56 @@ def with_full_resolution_refinement(model: FaceParser, channels: int) -> FacePar
     return refined
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+def lr_factor(step: int, warmup_steps: int, total_steps: int, final: float = 0.0, constant_steps: int = 0) -> float:
+    """Linear warm-up, cosine decay from 1 to ``final``, then ``final`` for the last ``constant_steps``."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    progress = (step - warmup_steps) / max(1, total_steps - constant_steps - warmup_steps)
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class WeightAverage:
+    """Equal-weight running mean of a model's parameters (stochastic weight averaging, Izmailov et al. 2018)."""
+
+    def __init__(self, state: dict | None = None):
+        self.mean: dict[str, torch.Tensor] = dict(state["mean"]) if state else {}
+        self.count: int = int(state["count"]) if state else 0
+
+    def update(self, model: torch.nn.Module) -> None:
+        self.count += 1
+        for name, parameter in model.named_parameters():
+            value = parameter.detach().float().clone()
+            if name in self.mean:
+                value = self.mean[name] + (value - self.mean[name]) / self.count
+            self.mean[name] = value
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "count": self.count}
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                parameter.copy_(self.mean[name])
+
+
+@torch.no_grad()
+def recompute_batch_norm(model: FaceParser, photos: torch.Tensor, batch_size: int) -> None:
+    """Re-estimate every BatchNorm's running mean/variance as a plain average over ``photos`` (N, S, S, 3) uint8.
+
+    Averaged weights need their own statistics: those kept during training belong to the last weights.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches
+    was_training = model.training
+    model.train()
+    for start in range(0, len(photos), batch_size):
+        model(FaceParser.normalize(photos[start : start + batch_size].permute(0, 3, 1, 2)))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.train(was_training)
 
 
 @torch.no_grad()
@@ -279,6 +355,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cross-entropy class weights min(MAX, (median f / f_c) ** P), f_c = class pixel share "
                         "(0 = unweighted)")
     p.add_argument("--class-weight-max", type=float, default=10.0, help="cap of the class weights")
+    p.add_argument("--test-time-sizes", type=int, nargs="*", default=None,
+                   help="extra input sizes parse averages over (multi-scale testing; saved in the config; "
+                        "default: none from scratch, as loaded with --init-from)")
+    p.add_argument("--lovasz-weight", type=float, default=0.0, help="add this x Lovasz-softmax loss (0 = off)")
+    p.add_argument("--lovasz-stride", type=int, default=2, help="Lovasz loss on every N-th pixel per direction")
+    p.add_argument("--swa-epochs", type=int, default=0,
+                   help="stochastic weight averaging: average the weights at the end of each of the last N epochs "
+                        "(run at the constant lr x --swa-lr-factor), then re-estimate BatchNorm statistics")
+    p.add_argument("--swa-lr-factor", type=float, default=0.25, help="learning-rate factor of the averaging epochs")
     p.add_argument("--val-every", type=int, default=5, help="quick val IoU every N epochs")
     p.add_argument("--weights-dtype", choices=("float16", "float32"), default="float16", help="storage dtype")
     p.add_argument("--no-final", action="store_true", help="skip save/evaluate/card (sanity runs)")
@@ -330,9 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = len(train_photos) // args.batch_size
     total_steps = steps_per_epoch * args.epochs
+    final_factor = args.swa_lr_factor if args.swa_epochs else 0.0
+    constant_steps = steps_per_epoch * args.swa_epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, steps_per_epoch, total_steps)
+        optimizer, lambda step: lr_factor(step, steps_per_epoch, total_steps, final_factor, constant_steps)
     )
+    average = WeightAverage()
     generator = torch.Generator().manual_seed(args.seed)
     start_epoch, train_seconds = 0, 0.0
     checkpoint_path = args.work_dir / CHECKPOINT_NAME
@@ -342,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
+        average = WeightAverage(state.get("weight_average"))
         start_epoch, train_seconds = int(state["epoch"]), float(state["train_seconds"])
         print(f"resumed after epoch {start_epoch} ({train_seconds / 60:.1f} min trained)")
 
@@ -359,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                 logits = model(images, output_size=tuple(labels.shape[-2:]))
             logits = logits.float().contiguous()  # (B, C, S, S)
-            loss = segmentation_loss(logits, labels, args.dice_weight, args.dice_classes, loss_weights)
+            loss = segmentation_loss(logits, labels, args.dice_weight, args.dice_classes, loss_weights,
+                                     args.lovasz_weight, args.lovasz_stride)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -367,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
         bar.close()
+        if epoch >= args.epochs - args.swa_epochs:
+            average.update(model)
         train_seconds += time.time() - epoch_start
         message = f"epoch {epoch + 1}: loss {np.mean(losses):.4f}, {time.time() - epoch_start:.0f} s"
         if (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs:
@@ -379,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "generator": generator.get_state(),
+                "weight_average": average.state_dict(),
                 "epoch": epoch + 1,
                 "train_seconds": train_seconds,
             },
@@ -387,10 +480,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_train_minutes is not None and train_seconds > 60 * args.max_train_minutes:
             print(f"stopping: {args.max_train_minutes} min of training reached")
             break
+    if average.count:
+        average.copy_to(model)
+        recompute_batch_norm(model, train_photos, args.batch_size)
+        ious = quick_val_iou(model, val_photos, val_masks, args.batch_size)
+        print(f"averaged the weights of the last {average.count} epochs; quick val mIoU {np.nanmean(ious):.4f} "
+              + " ".join(f"{v:.2f}" for v in ious), flush=True)
     if args.no_final:
         return 0
 
     model = model.to(memory_format=torch.contiguous_format).eval()
+    if args.test_time_sizes is not None:
+        model.register_to_config(test_time_sizes=list(args.test_time_sizes))
+    args.test_time_sizes = list(model.config.test_time_sizes)
     args.output.mkdir(parents=True, exist_ok=True)
     model.to(getattr(torch, args.weights_dtype)).save_pretrained(args.output)  # load_parser computes in float32
     config_file = args.output / FaceParser.config_name
@@ -476,6 +578,29 @@ def logits_text(args: dict) -> str:
             "a conv on the input and the decoder features, a zero-initialised 1x1 head whose logits are added)")
 
 
+def sizes_text(args: dict) -> str:
+    sizes = args.get("test_time_sizes") or []
+    if not sizes:
+        return ""
+    listed = " and ".join(f"{size}x{size}" for size in sizes)
+    return (f"; the same again with the photo resized to {listed} and the log-probabilities of all sizes averaged "
+            "(multi-scale testing; config `test_time_sizes`)")
+
+
+def lovasz_text(args: dict) -> str:
+    weight = args.get("lovasz_weight", 0.0)
+    return f" + {weight} x Lovasz-softmax (every {args['lovasz_stride']}th pixel per direction)" if weight else ""
+
+
+def averaging_text(args: dict) -> str:
+    epochs = args.get("swa_epochs", 0)
+    if not epochs:
+        return ""
+    return (f"\nWeight averaging (SWA): the cosine decays to {args['swa_lr_factor']} x lr, held for the last {epochs} epochs; "
+            f"the weights at the end of each of those epochs are averaged and the BatchNorm statistics re-estimated "
+            "on the (unaugmented) training photos.")
+
+
 def class_weight_text(args: dict) -> str:
     power = args.get("class_weight_power", 0.0)
     if not power:
@@ -511,7 +636,7 @@ weights carry the same restriction. The facemogle code is Apache-2.0; the weight
   {report['args']['weights_dtype']}, computed in float32; every number below is measured on the stored weights).
 - Input: RGB photo resized to {report['args']['sample_size']}x{report['args']['sample_size']} (bilinear), scaled to [-1, 1], plus (y, x)
   coordinate channels; {logits_text(report['args'])}, averaged with the logits of the mirrored photo
-  (left/right classes swapped back; config `test_time_flip`), bilinearly upsampled to the photo's
+  (left/right classes swapped back; config `test_time_flip`){sizes_text(report['args'])}, bilinearly upsampled to the photo's
   size, argmax.
 - Trained from scratch (no pretrained backbone).
 
@@ -520,12 +645,12 @@ weights carry the same restriction. The facemogle code is Apache-2.0; the weight
 {recipe_text(report)}
 
 Training{' (last stage)' if report.get('earlier_stages') else ''}: {report['epochs']} epochs, batch {report['args']['batch_size']}, AdamW (lr {report['args']['lr']}, weight decay
-{report['args']['weight_decay']}), 1 warm-up epoch then cosine decay, cross-entropy + {report['args']['dice_weight']} x soft Dice,
+{report['args']['weight_decay']}), 1 warm-up epoch then cosine decay, cross-entropy + {report['args']['dice_weight']} x soft Dice{lovasz_text(report['args'])},
 bf16 autocast = {report['args']['bf16']}, seed {report['args']['seed']}. Augmentation: horizontal flip with left/right eye,
 eyebrow and ear swap; rotation +-{report['args']['max_rotation']} deg, scale x/÷{report['args']['max_scale']}, shift +-{report['args']['max_shift']};
 brightness/contrast/saturation +-{report['args']['color_jitter']}, greyscale p={report['args']['greyscale_prob']}.
 Dice averaged over {'the classes present in each batch' if report['args'].get('dice_classes') == 'present' else 'all classes'}.
-{class_weight_text(report['args'])}
+{class_weight_text(report['args'])}{averaging_text(report['args'])}
 {sampling_text(report['args'].get('rare_class_threshold', 0.0))}
 Training time{' of this stage' if report.get('earlier_stages') else ''}: **{report['train_minutes']} min** on {report['threads']} CPU thread(s) (Intel Xeon, 2 cores shared).
 

@@ -24,6 +24,7 @@ from facemogle.eval.parser import (
     iou_per_class,
     load_parser,
     mirrored_class_ids,
+    resize_photo,
 )
 from facemogle.labels import BISENET_CLASS_NAMES, BISENET_TO_OFFICIAL, NUM_CLASSES, PALETTE, class_id
 
@@ -352,6 +353,55 @@ def test_recipe_loss_is_cross_entropy_plus_dice():
                                cross_entropy + 0.5 * (1 - dice.mean()))
 
 
+def test_recipe_lovasz_loss_is_one_minus_iou_on_hard_predictions():
+    recipe = load_recipe()
+    torch.manual_seed(0)
+    labels, predicted = torch.randint(0, 4, (2, 6, 6)), torch.randint(0, 5, (2, 6, 6))
+    probabilities = torch.nn.functional.one_hot(predicted, NUM_CLASSES).permute(0, 3, 1, 2).float()
+    # On 0/1 probabilities the Lovasz extension equals the Jaccard loss: 1 - IoU, over the classes in labels.
+    expected = np.mean([1 - float(((labels == c) & (predicted == c)).sum()) / float(((labels == c) | (predicted == c)).sum())
+                        for c in range(4)])
+    assert float(recipe.lovasz_softmax_loss(probabilities, labels)) == pytest.approx(expected, abs=1e-6)
+    assert float(recipe.lovasz_softmax_loss(torch.nn.functional.one_hot(labels, NUM_CLASSES).permute(0, 3, 1, 2).float(),
+                                            labels)) == 0.0  # perfect prediction
+
+    logits = torch.randn(2, NUM_CLASSES, 8, 8, requires_grad=True)
+    labels = torch.randint(0, NUM_CLASSES, (2, 8, 8))
+    loss = recipe.segmentation_loss(logits, labels, 0.0, lovasz_weight=0.5, lovasz_stride=2)
+    lovasz = recipe.lovasz_softmax_loss(logits.softmax(1)[:, :, ::2, ::2], labels[:, ::2, ::2])
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, labels) + 0.5 * lovasz)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_recipe_weight_averaging_and_batch_norm_statistics():
+    recipe = load_recipe()
+    model = tiny_parser()
+    average = recipe.WeightAverage()
+    for value in (1.0, 2.0, 6.0):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.fill_(value)
+        average.update(model)
+    restored = recipe.WeightAverage(average.state_dict())  # the checkpoint round trip
+    assert restored.count == 3
+    restored.copy_to(model)
+    assert all(torch.all(parameter == 3.0) for parameter in model.parameters())  # mean of 1, 2, 6
+
+    model = tiny_parser()
+    photos = torch.randint(0, 256, (6, 32, 32, 3), dtype=torch.uint8)
+    recipe.recompute_batch_norm(model, photos, batch_size=3)  # two equal batches: the mean of their means
+    first_norm = model.encoder[0][0][1]
+    with torch.no_grad():
+        features = model.encoder[0][0][0](model._with_coords(FaceParser.normalize(photos.permute(0, 3, 1, 2))))
+    torch.testing.assert_close(first_norm.running_mean, features.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
+    assert first_norm.momentum == 0.1 and not model.training  # restored
+
+    factors = [recipe.lr_factor(step, 10, 100, final=0.25, constant_steps=30) for step in range(100)]
+    assert factors[9] == 1.0 and factors[69] == pytest.approx(0.25, abs=1e-3) and set(factors[70:]) == {0.25}
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))  # warm-up, then never rising
+
+
 def test_recipe_repeat_factors_favour_images_with_rare_classes():
     recipe = load_recipe()
     masks = torch.zeros(4, 6, 6, dtype=torch.uint8)  # background everywhere
@@ -442,6 +492,19 @@ def test_recipe_fine_tunes_from_a_saved_parser_and_the_card_names_both_stages(tm
     for name, weight in third.named_parameters():  # lr 0: carried over unchanged
         torch.testing.assert_close(carried[name], weight, msg=name)
     assert "full-resolution refinement (6 channels" in (tmp_path / "stage4" / "MODEL_CARD.md").read_text()
+
+    stage_5 = ["--output", str(tmp_path / "stage5"), "--work-dir", str(tmp_path / "w5"), "--init-from",
+               str(tmp_path / "stage4"), "--epochs", "2", "--swa-epochs", "2", "--lovasz-weight", "0.5"]
+    assert recipe.main(common + stage_5) == 0
+    card = (tmp_path / "stage5" / "MODEL_CARD.md").read_text()
+    assert "+ 0.5 x Lovasz-softmax" in card and "held for the last 2 epochs" in card and "multi-scale" not in card
+
+    stage_6 = ["--output", str(tmp_path / "stage6"), "--work-dir", str(tmp_path / "w6"), "--init-from",
+               str(tmp_path / "stage5"), "--test-time-sizes", "64"]
+    assert recipe.main(common + stage_6) == 0
+    assert list(load_parser(tmp_path / "stage6").config.test_time_sizes) == [64]
+    assert "resized to 64x64 and the log-probabilities" in (tmp_path / "stage6" / "MODEL_CARD.md").read_text()
+    assert "weights of the last 2 epochs" in capsys.readouterr().out
     assert card.index(str(tmp_path / "stage1")) < card.index(str(tmp_path / "stage2")) < card.index(str(tmp_path / "stage3"))
 
 
@@ -509,3 +572,25 @@ def test_test_time_flip_makes_parse_mirror_symmetric():
     assert np.mean(mirrored_ids == swapped[ids[:, ::-1]]) > 0.999
     parser.register_to_config(test_time_flip=False)
     assert np.mean(parser.parse(photo.transpose(Image.FLIP_LEFT_RIGHT)) == swapped[ids[:, ::-1]]) < 0.99
+
+
+def test_test_time_sizes_average_log_probabilities_over_input_sizes(tmp_path):
+    parser = tiny_parser()
+    parser.register_to_config(test_time_flip=False)
+    photo = random_photo(48, 48, seed=5)
+
+    def log_probabilities(size: int) -> torch.Tensor:
+        pixels = torch.from_numpy(resize_photo(photo, size).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        with torch.no_grad():
+            return parser(pixels, output_size=(32, 32)).log_softmax(1)  # at the largest size's logits (64 / 2)
+
+    single = parser.parse(photo)
+    parser.register_to_config(test_time_sizes=[64])
+    expected = torch.nn.functional.interpolate((log_probabilities(32) + log_probabilities(64)) / 2, size=(48, 48),
+                                               mode="bilinear", align_corners=False).argmax(1)[0].numpy()
+    both = parser.parse(photo)
+    assert np.array_equal(both, expected) and not np.array_equal(both, single)
+    parser.save_pretrained(tmp_path)
+    assert np.array_equal(load_parser(tmp_path).parse(photo), both)  # the setting travels with the config
+    with pytest.raises(InputError, match="divisible"):
+        FaceParser(block_channels=(4, 8), sample_size=32, test_time_sizes=(42,))

@@ -110,6 +110,10 @@ class PhotoParserMixin:
         """(B, NUM_CLASSES, h, w) logits, channel ``k`` = official class ``k``."""
         raise NotImplementedError
 
+    def _photo_logits(self, photos: list[Image.Image]) -> torch.Tensor:
+        """(B, NUM_CLASSES, h, w) official-order scores of a batch of photos (argmax = the ids)."""
+        return self._official_logits(self._pixel_values(photos))
+
     @torch.no_grad()
     def parse(
         self, images: ImageSource | Sequence[ImageSource], batch_size: int = DEFAULT_BATCH_SIZE
@@ -136,7 +140,7 @@ class PhotoParserMixin:
             masks = []
             for start in range(0, len(sources), batch_size):
                 photos = [open_image(source) for source in sources[start : start + batch_size]]
-                logits = self._official_logits(self._pixel_values(photos)).float()  # (b, C, h, w)
+                logits = self._photo_logits(photos).float()  # (b, C, h, w)
                 for photo, photo_logits in zip(photos, logits):
                     masks.append(logits_to_ids(photo_logits, (photo.height, photo.width)))
         finally:
@@ -191,6 +195,9 @@ class FaceParser(ModelMixin, ConfigMixin, PhotoParserMixin):
         test_time_flip: ``parse`` averages the logits of the photo and of its mirror image (with the
             left/right classes swapped back); ``forward`` is never affected.
         full_resolution_channels: channels of the full-resolution refinement (0 = none).
+        test_time_sizes: extra input sides for ``parse`` (multi-scale testing): the photo is also
+            resized to each, and the log-probabilities of all sizes are averaged (at the largest
+            size's logit resolution); ``forward`` is never affected.
     """
 
     config_name = "config.json"
@@ -205,13 +212,15 @@ class FaceParser(ModelMixin, ConfigMixin, PhotoParserMixin):
         use_coord_channels: bool = True,
         test_time_flip: bool = True,
         full_resolution_channels: int = 0,
+        test_time_sizes: tuple[int, ...] = (),
     ):
         super().__init__()
         block_channels = tuple(block_channels)
         if len(block_channels) < 2 or convs_per_block < 1:
             raise InputError("FaceParser needs at least two stages and one conv per stage")
-        if sample_size % (2 ** len(block_channels)):
-            raise InputError(f"sample_size {sample_size} must be divisible by 2**{len(block_channels)}")
+        for size in (sample_size, *test_time_sizes):
+            if size % (2 ** len(block_channels)):
+                raise InputError(f"input size {size} must be divisible by 2**{len(block_channels)}")
         in_channels = RGB_CHANNELS + (COORD_CHANNELS if use_coord_channels else 0)
         if full_resolution_channels > 0:
             self.full_resolution_stem = ConvNormAct(in_channels, full_resolution_channels)
@@ -294,8 +303,8 @@ class FaceParser(ModelMixin, ConfigMixin, PhotoParserMixin):
         """(B, 3, H, W) uint8 (or 0..255 floats) -> float in [-1, 1]."""
         return photos_uint8.float() / 127.5 - 1.0
 
-    def _pixel_values(self, photos: list[Image.Image]) -> torch.Tensor:
-        size = self.config.sample_size
+    def _pixel_values(self, photos: list[Image.Image], size: int | None = None) -> torch.Tensor:
+        size = size or self.config.sample_size
         batch = np.stack([resize_photo(photo, size) for photo in photos])  # (B, S, S, 3)
         pixels = self.normalize(torch.from_numpy(batch).permute(0, 3, 1, 2))
         return pixels.to(device=self.device, dtype=self.dtype)
@@ -306,6 +315,19 @@ class FaceParser(ModelMixin, ConfigMixin, PhotoParserMixin):
             mirrored = self(pixel_values.flip(-1)).flip(-1)[:, self.mirrored_class_ids]
             logits = (logits + mirrored) / 2
         return logits
+
+    def _photo_logits(self, photos: list[Image.Image]) -> torch.Tensor:
+        sizes = sorted({self.config.sample_size, *self.config.test_time_sizes}, reverse=True)
+        if len(sizes) == 1:
+            return self._official_logits(self._pixel_values(photos))
+        total = None
+        for size in sizes:  # largest first: its logits set the common resolution
+            logits = self._official_logits(self._pixel_values(photos, size))  # (B, C, ~size/2, ~size/2)
+            if total is not None:
+                logits = F.interpolate(logits, size=total.shape[-2:], mode="bilinear", align_corners=False)
+            log_probabilities = logits.float().log_softmax(dim=1)
+            total = log_probabilities if total is None else total + log_probabilities
+        return total / len(sizes)
 
 
 # --------------------------------------------------------------------------------------------
