@@ -158,14 +158,12 @@ def segmentation_loss(
     labels: torch.Tensor,
     dice_weight: float,
     dice_classes: str = "all",
-    class_weights: torch.Tensor | None = None,
     lovasz_weight: float = 0.0,
     lovasz_stride: int = 2,
 ) -> torch.Tensor:
     """Cross-entropy + ``dice_weight`` x (1 - soft Dice averaged over classes, pooled over the batch).
 
-    ``class_weights`` (C,) weight each pixel's cross-entropy by its true class (a weighted mean, as
-    ``F.nll_loss`` takes it); ``None`` = plain mean. ``lovasz_weight`` adds that times the
+    ``lovasz_weight`` adds that times the
     Lovasz-softmax loss on every ``lovasz_stride``-th pixel in each direction (its sorts dominate the
     cost; the logits are upsampled from half resolution, so stride 2 loses little).
 
@@ -178,7 +176,7 @@ def segmentation_loss(
     """
     num_classes = logits.shape[1]
     log_probabilities = logits.log_softmax(dim=1)  # (B, C, S, S)
-    cross_entropy = F.nll_loss(log_probabilities, labels, weight=class_weights)
+    cross_entropy = F.nll_loss(log_probabilities, labels)
     probabilities = log_probabilities.exp()
     if lovasz_weight:
         stride = lovasz_stride
@@ -209,41 +207,11 @@ def repeat_factors(masks: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.where(present, per_class, torch.zeros(())).amax(1).clamp_min(1.0)  # (N,)
 
 
-def median_frequency_weights(masks: torch.Tensor, power: float, max_weight: float) -> torch.Tensor:
-    """(C,) cross-entropy weights ``min(max_weight, (median_c f_c / f_c) ** power)``, median-frequency balancing.
-
-    ``f_c`` = class c's share of the training pixels (masks: (N, S, S) uint8 ids), the median taken
-    over the classes that occur; a class with no pixels gets ``max_weight``. ``power`` 0.5 softens
-    the classic (power 1) weights: on celebamask-hq-mini it gives background/skin/hair ~0.12, eyes
-    ~1.4 and necklace ~7.4.
-    """
-    counts = torch.zeros(NUM_CLASSES, dtype=torch.float64)
-    for mask in masks:
-        counts += torch.bincount(mask.reshape(-1).long(), minlength=NUM_CLASSES).double()
-    fraction = counts / counts.sum()
-    median = fraction[fraction > 0].quantile(0.5)  # (the mean of the middle two for an even count)
-    weights = (median / fraction).pow(power).clamp(max=max_weight)  # absent: inf -> max_weight
-    return weights.float()
-
-
 def epoch_order(num_images: int, weights: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
     """One epoch of training indices: a permutation, or ``num_images`` weighted draws with replacement."""
     if weights is None:
         return torch.randperm(num_images, generator=generator)
     return torch.multinomial(weights, num_images, replacement=True, generator=generator)
-
-
-def with_full_resolution_refinement(model: FaceParser, channels: int) -> FaceParser:
-    """A copy of ``model`` with ``full_resolution_channels=channels``; every other weight carried over.
-
-    The refinement's head starts at zero, so the copy parses exactly like ``model`` until trained.
-    """
-    config = {key: value for key, value in model.config.items() if not key.startswith("_")}
-    refined = FaceParser(**{**config, "full_resolution_channels": channels})
-    missing, unexpected = refined.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or any(not key.startswith("full_resolution_") for key in missing):
-        raise ValueError(f"cannot carry the weights over: missing {missing}, unexpected {unexpected}")
-    return refined
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, final: float = 0.0, constant_steps: int = 0) -> float:
@@ -340,9 +308,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--block-channels", type=int, nargs="+", default=[24, 48, 96, 160, 256])
     p.add_argument("--convs-per-block", type=int, default=2)
     p.add_argument("--sample-size", type=int, default=256)
-    p.add_argument("--full-resolution-channels", type=int, default=None,
-                   help="channels of the full-resolution refinement (0 = none; with --init-from, a refinement is "
-                        "added to the loaded parser; default: from scratch none, with --init-from as loaded)")
     p.add_argument("--max-rotation", type=float, default=12.0, help="degrees")
     p.add_argument("--max-scale", type=float, default=1.15)
     p.add_argument("--max-shift", type=float, default=0.06, help="fraction of the half-width")
@@ -351,10 +316,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rare-class-threshold", type=float, default=0.0,
                    help="repeat-factor sampling: an image's draw weight is max(1, sqrt(T / f)) over its classes, "
                         "f = fraction of training images holding the class (0 = plain shuffling)")
-    p.add_argument("--class-weight-power", type=float, default=0.0,
-                   help="cross-entropy class weights min(MAX, (median f / f_c) ** P), f_c = class pixel share "
-                        "(0 = unweighted)")
-    p.add_argument("--class-weight-max", type=float, default=10.0, help="cap of the class weights")
     p.add_argument("--test-time-sizes", type=int, nargs="*", default=None,
                    help="extra input sizes parse averages over (multi-scale testing; saved in the config; "
                         "default: none from scratch, as loaded with --init-from)")
@@ -388,17 +349,11 @@ def main(argv: list[str] | None = None) -> int:
         args.block_channels = list(model.config.block_channels)
         args.convs_per_block, args.sample_size = model.config.convs_per_block, model.config.sample_size
         print(f"initialised from {args.init_from}")
-        if args.full_resolution_channels not in (None, model.config.full_resolution_channels):
-            model = with_full_resolution_refinement(model, args.full_resolution_channels)
-            print(f"added a full-resolution refinement ({args.full_resolution_channels} channels, zero-initialised head)")
-        args.full_resolution_channels = model.config.full_resolution_channels
     else:
-        args.full_resolution_channels = args.full_resolution_channels or 0
         model = FaceParser(
             block_channels=tuple(args.block_channels),
             convs_per_block=args.convs_per_block,
             sample_size=args.sample_size,
-            full_resolution_channels=args.full_resolution_channels,
         )
     print(f"FaceParser: {sum(p.numel() for p in model.parameters()):,} parameters")
     train_photos, train_masks = load_pairs(args.data, list(split.train), args.sample_size)
@@ -407,10 +362,6 @@ def main(argv: list[str] | None = None) -> int:
     if weights is not None:
         print(f"repeat-factor sampling (threshold {args.rare_class_threshold}): weights {weights.min():.2f}..{weights.max():.2f}, "
               f"{int((weights > 1).sum())} of {len(weights)} images above 1")
-    loss_weights = None
-    if args.class_weight_power > 0:
-        loss_weights = median_frequency_weights(train_masks, args.class_weight_power, args.class_weight_max)
-        print("cross-entropy class weights: " + " ".join(f"{name} {w:.2f}" for name, w in zip(CLASS_NAMES, loss_weights)))
     model = model.to(memory_format=torch.channels_last)  # faster oneDNN convolutions on CPU
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = len(train_photos) // args.batch_size
@@ -448,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                 logits = model(images, output_size=tuple(labels.shape[-2:]))
             logits = logits.float().contiguous()  # (B, C, S, S)
-            loss = segmentation_loss(logits, labels, args.dice_weight, args.dice_classes, loss_weights,
+            loss = segmentation_loss(logits, labels, args.dice_weight, args.dice_classes,
                                      args.lovasz_weight, args.lovasz_stride)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -570,14 +521,6 @@ def sampling_text(threshold: float) -> str:
             "and eyeglasses are seen about twice as often).")
 
 
-def logits_text(args: dict) -> str:
-    channels = args.get("full_resolution_channels") or 0
-    if not channels:
-        return "logits at half that size"
-    return (f"logits at half that size, upsampled and corrected by a full-resolution refinement ({channels} channels: "
-            "a conv on the input and the decoder features, a zero-initialised 1x1 head whose logits are added)")
-
-
 def sizes_text(args: dict) -> str:
     sizes = args.get("test_time_sizes") or []
     if not sizes:
@@ -596,17 +539,9 @@ def averaging_text(args: dict) -> str:
     epochs = args.get("swa_epochs", 0)
     if not epochs:
         return ""
-    return (f"\nWeight averaging (SWA): the cosine decays to {args['swa_lr_factor']} x lr, held for the last {epochs} epochs; "
+    return (f"Weight averaging (SWA): the cosine decays to {args['swa_lr_factor']} x lr, held for the last {epochs} epochs; "
             f"the weights at the end of each of those epochs are averaged and the BatchNorm statistics re-estimated "
             "on the (unaugmented) training photos.")
-
-
-def class_weight_text(args: dict) -> str:
-    power = args.get("class_weight_power", 0.0)
-    if not power:
-        return "Cross-entropy unweighted."
-    return (f"Cross-entropy weighted per class by min({args['class_weight_max']}, (median f / f_c)^{power}), f_c = the "
-            "class's share of the training pixels (median-frequency balancing, softened).")
 
 
 def model_card(report: dict) -> str:
@@ -635,7 +570,7 @@ weights carry the same restriction. The facemogle code is Apache-2.0; the weight
 - `FaceParser`: {report['parameters']:,} parameters, safetensors weights {report['weights_bytes'] / 1e6:.1f} MB (stored as
   {report['args']['weights_dtype']}, computed in float32; every number below is measured on the stored weights).
 - Input: RGB photo resized to {report['args']['sample_size']}x{report['args']['sample_size']} (bilinear), scaled to [-1, 1], plus (y, x)
-  coordinate channels; {logits_text(report['args'])}, averaged with the logits of the mirrored photo
+  coordinate channels; logits at half that size, averaged with the logits of the mirrored photo
   (left/right classes swapped back; config `test_time_flip`){sizes_text(report['args'])}, bilinearly upsampled to the photo's
   size, argmax.
 - Trained from scratch (no pretrained backbone).
@@ -650,7 +585,7 @@ bf16 autocast = {report['args']['bf16']}, seed {report['args']['seed']}. Augment
 eyebrow and ear swap; rotation +-{report['args']['max_rotation']} deg, scale x/÷{report['args']['max_scale']}, shift +-{report['args']['max_shift']};
 brightness/contrast/saturation +-{report['args']['color_jitter']}, greyscale p={report['args']['greyscale_prob']}.
 Dice averaged over {'the classes present in each batch' if report['args'].get('dice_classes') == 'present' else 'all classes'}.
-{class_weight_text(report['args'])}{averaging_text(report['args'])}
+{averaging_text(report['args'])}
 {sampling_text(report['args'].get('rare_class_threshold', 0.0))}
 Training time{' of this stage' if report.get('earlier_stages') else ''}: **{report['train_minutes']} min** on {report['threads']} CPU thread(s) (Intel Xeon, 2 cores shared).
 

@@ -136,30 +136,6 @@ def test_face_parser_round_trips_through_save_pretrained(tmp_path):
     assert np.array_equal(loaded.parse(photo), parser.parse(photo))
 
 
-def test_full_resolution_refinement_gives_full_size_logits_and_starts_as_a_correction(tmp_path):
-    torch.manual_seed(0)
-    parser = FaceParser(block_channels=(4, 8), convs_per_block=1, sample_size=32, full_resolution_channels=6).eval()
-    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
-    head = parser.full_resolution_head
-    assert torch.count_nonzero(head.weight) == 0 and torch.count_nonzero(head.bias) == 0  # zero-initialised
-    plain = FaceParser(block_channels=(4, 8), convs_per_block=1, sample_size=32).eval()  # no refinement
-    _, unexpected = plain.load_state_dict(parser.state_dict(), strict=False)
-    assert unexpected and all(key.startswith("full_resolution_") for key in unexpected)
-    with torch.no_grad():
-        logits = parser(pixels)
-        assert logits.shape == (2, NUM_CLASSES, 32, 32)  # full resolution, not 16 x 16
-        upsampled = torch.nn.functional.interpolate(plain(pixels), size=(32, 32), mode="bilinear")
-        torch.testing.assert_close(logits, upsampled)  # a zero correction so far
-        head.weight.normal_()
-        assert not torch.allclose(parser(pixels), upsampled)  # the refinement now changes the logits
-    parser.save_pretrained(tmp_path)
-    loaded = load_parser(tmp_path)
-    assert loaded.config.full_resolution_channels == 6
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(pixels), parser(pixels))
-    assert loaded.parse(random_photo(40, 40)).shape == (40, 40)
-
-
 def test_parse_matches_forward_and_accepts_paths(tmp_path):
     parser = tiny_parser()
     parser.register_to_config(test_time_flip=False)  # parse == argmax(forward) exactly
@@ -418,28 +394,6 @@ def test_recipe_repeat_factors_favour_images_with_rare_classes():
     assert len(draws) == 2000 and abs(float((draws == 3).float().mean()) - 0.75) < 0.03
 
 
-def test_recipe_class_weights_balance_pixel_frequencies_and_weight_the_cross_entropy():
-    recipe = load_recipe()
-    masks = torch.zeros(2, 10, 10, dtype=torch.uint8)  # background: 200 - 40 - 10 - 1 pixels
-    masks[:, :2, :] = class_id("face skin")  # 40 pixels
-    masks[0, 2, :5] = masks[1, 2, :5] = class_id("hair")  # 10 pixels
-    masks[0, 3, 0] = class_id("necklace")  # 1 pixel
-    weights = recipe.median_frequency_weights(masks, power=0.5, max_weight=10.0)
-    shares = {"background": 149 / 200, "face skin": 40 / 200, "hair": 10 / 200, "necklace": 1 / 200}
-    median = (40 / 200 + 10 / 200) / 2  # over the 4 classes that occur
-    for name, share in shares.items():
-        assert float(weights[class_id(name)]) == pytest.approx(min(10.0, (median / share) ** 0.5), rel=1e-6), name
-    assert float(weights[class_id("left eye")]) == 10.0  # absent: the cap (no pixel ever uses it)
-
-    assert float(weights[class_id("necklace")]) > 1.0 > float(weights[class_id("background")])  # rare up, common down
-
-    torch.manual_seed(0)
-    logits, labels = torch.randn(2, NUM_CLASSES, 8, 8), torch.randint(0, NUM_CLASSES, (2, 8, 8))
-    expected = torch.nn.functional.cross_entropy(logits, labels, weight=weights)  # weighted mean over pixels
-    torch.testing.assert_close(recipe.segmentation_loss(logits, labels, 0.0, class_weights=weights), expected)
-    assert not torch.allclose(expected, torch.nn.functional.cross_entropy(logits, labels))
-
-
 def write_tiny_face_folder(root: Path, count: int = 5, size: int = 32) -> Path:
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True)
@@ -474,36 +428,23 @@ def test_recipe_fine_tunes_from_a_saved_parser_and_the_card_names_both_stages(tm
     assert "_name_or_path" not in (tmp_path / "stage2" / "config.json").read_text()  # no path of this machine
 
     stage_3 = ["--output", str(tmp_path / "stage3"), "--work-dir", str(tmp_path / "w3"),
-               "--init-from", str(tmp_path / "stage2"), "--dice-classes", "present",
-               "--class-weight-power", "0.5"]
+               "--init-from", str(tmp_path / "stage2"), "--dice-classes", "present"]
     assert recipe.main(common + stage_3) == 0
     card = (tmp_path / "stage3" / "MODEL_CARD.md").read_text()
     assert "3 stages" in card and "Dice averaged over the classes present in each batch" in card
-    assert "Cross-entropy weighted per class by min(10.0, (median f / f_c)^0.5)" in card
-    assert "Cross-entropy unweighted." in (tmp_path / "stage2" / "MODEL_CARD.md").read_text()
-    assert load_parser(tmp_path / "stage3").config.full_resolution_channels == 0  # the architecture is kept
+    assert "Weight averaging" not in card and "Lovasz" not in card
 
-    stage_4 = ["--output", str(tmp_path / "stage4"), "--work-dir", str(tmp_path / "w4"),
-               "--init-from", str(tmp_path / "stage3"), "--full-resolution-channels", "6", "--lr", "0"]
+    stage_4 = ["--output", str(tmp_path / "stage4"), "--work-dir", str(tmp_path / "w4"), "--init-from",
+               str(tmp_path / "stage3"), "--epochs", "2", "--swa-epochs", "2", "--lovasz-weight", "0.5"]
     assert recipe.main(common + stage_4) == 0
-    third, fourth = load_parser(tmp_path / "stage3"), load_parser(tmp_path / "stage4")
-    assert fourth.config.full_resolution_channels == 6 and list(fourth.config.block_channels) == [4, 8]
-    carried = dict(fourth.named_parameters())
-    for name, weight in third.named_parameters():  # lr 0: carried over unchanged
-        torch.testing.assert_close(carried[name], weight, msg=name)
-    assert "full-resolution refinement (6 channels" in (tmp_path / "stage4" / "MODEL_CARD.md").read_text()
-
-    stage_5 = ["--output", str(tmp_path / "stage5"), "--work-dir", str(tmp_path / "w5"), "--init-from",
-               str(tmp_path / "stage4"), "--epochs", "2", "--swa-epochs", "2", "--lovasz-weight", "0.5"]
-    assert recipe.main(common + stage_5) == 0
-    card = (tmp_path / "stage5" / "MODEL_CARD.md").read_text()
+    card = (tmp_path / "stage4" / "MODEL_CARD.md").read_text()
     assert "+ 0.5 x Lovasz-softmax" in card and "held for the last 2 epochs" in card and "multi-scale" not in card
 
-    stage_6 = ["--output", str(tmp_path / "stage6"), "--work-dir", str(tmp_path / "w6"), "--init-from",
-               str(tmp_path / "stage5"), "--test-time-sizes", "64"]
-    assert recipe.main(common + stage_6) == 0
-    assert list(load_parser(tmp_path / "stage6").config.test_time_sizes) == [64]
-    assert "resized to 64x64 and the log-probabilities" in (tmp_path / "stage6" / "MODEL_CARD.md").read_text()
+    stage_5 = ["--output", str(tmp_path / "stage5"), "--work-dir", str(tmp_path / "w5"), "--init-from",
+               str(tmp_path / "stage4"), "--test-time-sizes", "64"]
+    assert recipe.main(common + stage_5) == 0
+    assert list(load_parser(tmp_path / "stage5").config.test_time_sizes) == [64]
+    assert "resized to 64x64 and the log-probabilities" in (tmp_path / "stage5" / "MODEL_CARD.md").read_text()
     assert "weights of the last 2 epochs" in capsys.readouterr().out
     assert card.index(str(tmp_path / "stage1")) < card.index(str(tmp_path / "stage2")) < card.index(str(tmp_path / "stage3"))
 

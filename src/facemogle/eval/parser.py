@@ -13,12 +13,7 @@ CelebA-HQ/FFHQ), scaled to [-1, 1], and two channels of normalised (y, x) coordi
 consistent). A stride-2 stem and ``len(block_channels) - 1`` further stride-2 stages make the encoder;
 a global-average context vector is added at the bottleneck; the decoder upsamples and fuses the
 skip features back to ``sample_size / 2``; a 1x1 head gives the logits, which are upsampled
-(bilinear) to each photo's size before the argmax. With ``full_resolution_channels > 0`` a
-full-resolution refinement adds a correction at ``sample_size``: a 3x3 conv on the input (RGB +
-coordinates) and the upsampled decoder features go through a small conv stack into a second 1x1
-head, initialised to zero, whose logits are added to the upsampled half-resolution ones (so a
-parser fine-tuned from one without it starts out as exactly that parser). Thin classes (necklace,
-earrings, eyebrows) are only a few pixels wide at half resolution.
+(bilinear) to each photo's size before the argmax.
 
 The validation protocol (``evaluate_parser``) accumulates a confusion matrix over every pixel of
 the validation images at their full resolution; per-class IoU = TP / (TP + FP + FN) from those
@@ -189,12 +184,10 @@ class FaceParser(ModelMixin, ConfigMixin, PhotoParserMixin):
         num_classes: output classes (official order).
         block_channels: channels of the encoder stages, at 1/2, 1/4, ... of ``sample_size``.
         convs_per_block: 3x3 convolutions per encoder and decoder stage.
-        sample_size: side of the square model input; logits come out at ``sample_size // 2``
-            (at ``sample_size`` with the full-resolution refinement).
+        sample_size: side of the square model input; logits come out at ``sample_size // 2``.
         use_coord_channels: append (y, x) coordinate channels to the RGB input.
         test_time_flip: ``parse`` averages the logits of the photo and of its mirror image (with the
             left/right classes swapped back); ``forward`` is never affected.
-        full_resolution_channels: channels of the full-resolution refinement (0 = none).
         test_time_sizes: extra input sides for ``parse`` (multi-scale testing): the photo is also
             resized to each, and the log-probabilities of all sizes are averaged (at the largest
             size's logit resolution); ``forward`` is never affected.
@@ -211,7 +204,6 @@ class FaceParser(ModelMixin, ConfigMixin, PhotoParserMixin):
         sample_size: int = 256,
         use_coord_channels: bool = True,
         test_time_flip: bool = True,
-        full_resolution_channels: int = 0,
         test_time_sizes: tuple[int, ...] = (),
     ):
         super().__init__()
@@ -222,14 +214,6 @@ class FaceParser(ModelMixin, ConfigMixin, PhotoParserMixin):
             if size % (2 ** len(block_channels)):
                 raise InputError(f"input size {size} must be divisible by 2**{len(block_channels)}")
         in_channels = RGB_CHANNELS + (COORD_CHANNELS if use_coord_channels else 0)
-        if full_resolution_channels > 0:
-            self.full_resolution_stem = ConvNormAct(in_channels, full_resolution_channels)
-            self.full_resolution_refine = _conv_stack(
-                block_channels[0] + full_resolution_channels, full_resolution_channels, convs_per_block
-            )
-            self.full_resolution_head = nn.Conv2d(full_resolution_channels, num_classes, 1)
-            nn.init.zeros_(self.full_resolution_head.weight)  # starts as the half-resolution parser
-            nn.init.zeros_(self.full_resolution_head.bias)
         self.encoder = nn.ModuleList()
         for channels in block_channels:
             self.encoder.append(_conv_stack(in_channels, channels, convs_per_block, stride=2))
@@ -255,9 +239,7 @@ class FaceParser(ModelMixin, ConfigMixin, PhotoParserMixin):
 
     def _encode(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, S, S) RGB in [-1, 1] -> the output of every encoder stage, (B, C_i, S/2**(i+1), ...)."""
-        return self._encode_inputs(self._with_coords(pixel_values))
-
-    def _encode_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self._with_coords(pixel_values)  # (B, 5, S, S)
         skips = []
         for stage in self.encoder:
             x = stage(x)
@@ -277,10 +259,8 @@ class FaceParser(ModelMixin, ConfigMixin, PhotoParserMixin):
         return self._encode(self._pixel_values(photos))[-1].float().mean(dim=(2, 3))
 
     def forward(self, pixel_values: torch.Tensor, output_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """(B, 3, S, S) RGB in [-1, 1] -> (B, num_classes, S/2, S/2) logits, (B, num_classes, S, S) with
-        the full-resolution refinement (or at ``output_size``)."""
-        inputs = self._with_coords(pixel_values)  # (B, 5, S, S)
-        skips = self._encode_inputs(inputs)
+        """(B, 3, S, S) RGB in [-1, 1] -> (B, num_classes, S/2, S/2) logits (or at ``output_size``)."""
+        skips = self._encode(pixel_values)
         x = skips.pop()  # (B, C_last, S/2**n, S/2**n)
         x = x + self.global_context(F.adaptive_avg_pool2d(x, 1))  # (B, C_last, 1, 1) broadcast
         for stage in self.decoder:
@@ -288,12 +268,6 @@ class FaceParser(ModelMixin, ConfigMixin, PhotoParserMixin):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = stage(torch.cat([x, skip], dim=1))
         logits = self.head(x)  # (B, num_classes, S/2, S/2)
-        if self.config.full_resolution_channels > 0:
-            size = inputs.shape[-2:]
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # (B, C_0, S, S)
-            x = self.full_resolution_refine(torch.cat([x, self.full_resolution_stem(inputs)], dim=1))
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-            logits = logits + self.full_resolution_head(x)  # (B, num_classes, S, S)
         if output_size is not None:
             logits = F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
         return logits
@@ -310,7 +284,7 @@ class FaceParser(ModelMixin, ConfigMixin, PhotoParserMixin):
         return pixels.to(device=self.device, dtype=self.dtype)
 
     def _official_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        logits = self(pixel_values)  # (B, C, S/2, S/2) or (B, C, S, S)
+        logits = self(pixel_values)  # (B, C, S/2, S/2)
         if self.config.test_time_flip:
             mirrored = self(pixel_values.flip(-1)).flip(-1)[:, self.mirrored_class_ids]
             logits = (logits + mirrored) / 2
