@@ -1,11 +1,14 @@
 #!/usr/bin/env python
 """Train the shipped face parser (``facemogle.eval.parser.FaceParser``) on a CelebAMask-HQ-style folder.
 
-The shipped weights (``src/facemogle/weights/parser``) come from two runs of this script, which
-``make parser`` chains (CPU, one thread): 50 epochs from scratch, then 45 epochs fine-tuned from
-those weights (``--init-from``, a fresh warm-up + cosine schedule at a lower learning rate) with
-repeat-factor sampling (``--rare-class-threshold``) so that images with rare classes (necklace,
-hat, eyeglasses) are drawn about twice as often. The model card lists both commands.
+The shipped weights (``src/facemogle/weights/parser``) come from five runs of this script, which
+``make parser`` chains (CPU, one thread, about 3 h 40): 50 epochs from scratch; then fine-tuning
+stages, each from the previous one's weights (``--init-from``, a fresh warm-up + cosine schedule):
+repeat-factor sampling so that images with rare classes (necklace, hat, eyeglasses) are drawn about
+twice as often (``--rare-class-threshold``), Dice over the classes present in each batch
+(``--dice-classes present``), a Lovasz-softmax term (``--lovasz-weight``), and last a run whose
+final weights are the average of its last epochs' (``--swa-epochs``), saved with multi-scale testing
+(``--test-time-sizes``). The model card lists every stage's command.
 
 What it does:
 
@@ -15,7 +18,9 @@ What it does:
    ``resize_photo``, masks with nearest neighbour) and keeps them in memory as uint8.
 3. Trains (from scratch, or from ``--init-from``) with batch-level augmentation in torch (horizontal flip with left/right class swap,
    small rotation/scale/shift, brightness/contrast/saturation jitter, rare greyscale), loss =
-   cross-entropy + soft Dice, AdamW, one warm-up epoch then a cosine decay to zero; bf16 autocast
+   cross-entropy + soft Dice (+ Lovasz-softmax), AdamW, one warm-up epoch then a cosine decay to
+   zero (or, with weight averaging, to a constant held for the averaged epochs; the BatchNorm
+   statistics of the averaged weights are re-estimated on the training photos); bf16 autocast
    where the CPU supports it. Seeded: the same command gives the same weights on the same machine.
 4. Checkpoints every epoch to ``WORK_DIR/checkpoint.pt`` (``--resume`` continues from it).
 5. Saves the final weights with ``save_pretrained`` to ``--output``, re-loads them with
