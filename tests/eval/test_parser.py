@@ -440,11 +440,22 @@ def test_recipe_fine_tunes_from_a_saved_parser_and_the_card_names_both_stages(tm
     card = (tmp_path / "stage4" / "MODEL_CARD.md").read_text()
     assert "+ 0.5 x Lovasz-softmax" in card and "held for the last 2 epochs" in card and "multi-scale" not in card
 
+    # --epochs 0: the same weights, saved with multi-scale testing and measured again; a key an older
+    # FaceParser wrote (ignored on load) is not carried into the new config
+    config_file = tmp_path / "stage4" / "config.json"
+    config_file.write_text(config_file.read_text().replace('"convs_per_block"', '"retired_option": 0, "convs_per_block"'))
     stage_5 = ["--output", str(tmp_path / "stage5"), "--work-dir", str(tmp_path / "w5"), "--init-from",
-               str(tmp_path / "stage4"), "--test-time-sizes", "64"]
+               str(tmp_path / "stage4"), "--test-time-sizes", "64", "--epochs", "0"]
     assert recipe.main(common + stage_5) == 0
-    assert list(load_parser(tmp_path / "stage5").config.test_time_sizes) == [64]
-    assert "resized to 64x64 and the log-probabilities" in (tmp_path / "stage5" / "MODEL_CARD.md").read_text()
+    fourth, fifth = load_parser(tmp_path / "stage4"), load_parser(tmp_path / "stage5")
+    assert list(fifth.config.test_time_sizes) == [64] and list(fourth.config.test_time_sizes) == []
+    assert "retired_option" not in (tmp_path / "stage5" / "config.json").read_text()
+    for (name, a), (_, b) in zip(fourth.state_dict().items(), fifth.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)
+    card = (tmp_path / "stage5" / "MODEL_CARD.md").read_text()
+    assert "resized to 64x64 and the log-probabilities" in card and "5 stages" in card
+    assert "No further training (`--epochs 0`): stage 4's weights" in card
+    assert "Training (stage 4, the last that trained): 2 epochs" in card and "+ 0.5 x Lovasz-softmax" in card
     assert "weights of the last 2 epochs" in capsys.readouterr().out
     assert card.index(str(tmp_path / "stage1")) < card.index(str(tmp_path / "stage2")) < card.index(str(tmp_path / "stage3"))
 
