@@ -168,11 +168,11 @@ def segmentation_loss(
     lovasz_weight: float = 0.0,
     lovasz_stride: int = 2,
 ) -> torch.Tensor:
-    """Cross-entropy + ``dice_weight`` x (1 - soft Dice averaged over classes, pooled over the batch).
+    """Cross-entropy + ``dice_weight`` x (1 - soft Dice averaged over classes, pooled over the batch)
+    + ``lovasz_weight`` x Lovasz-softmax.
 
-    ``lovasz_weight`` adds that times the
-    Lovasz-softmax loss on every ``lovasz_stride``-th pixel in each direction (its sorts dominate the
-    cost; the logits are upsampled from half resolution, so stride 2 loses little).
+    The Lovasz term is taken on every ``lovasz_stride``-th pixel in each direction: its sorts dominate
+    the cost, and the logits are upsampled from half resolution, so stride 2 loses little.
 
     ``dice_classes="all"`` averages the Dice of every class; ``"present"`` only of the classes the
     batch's labels hold. With "all", a class absent from the batch still scores
@@ -183,14 +183,13 @@ def segmentation_loss(
     """
     num_classes = logits.shape[1]
     log_probabilities = logits.log_softmax(dim=1)  # (B, C, S, S)
-    cross_entropy = F.nll_loss(log_probabilities, labels)
+    loss = F.nll_loss(log_probabilities, labels)  # cross-entropy
     probabilities = log_probabilities.exp()
     if lovasz_weight:
-        stride = lovasz_stride
-        lovasz = lovasz_softmax_loss(probabilities[:, :, ::stride, ::stride], labels[:, ::stride, ::stride])
-        cross_entropy = cross_entropy + lovasz_weight * lovasz
+        step = lovasz_stride
+        loss = loss + lovasz_weight * lovasz_softmax_loss(probabilities[:, :, ::step, ::step], labels[:, ::step, ::step])
     if dice_weight == 0:
-        return cross_entropy
+        return loss
     flat_labels = labels.reshape(-1)
     true_class_probability = probabilities.gather(1, labels[:, None]).reshape(-1)  # (B*S*S,)
     intersection = torch.zeros(num_classes).index_add(0, flat_labels, true_class_probability)  # (C,)
@@ -199,7 +198,7 @@ def segmentation_loss(
     dice = (2.0 * intersection + 1.0) / (total + 1.0)
     if dice_classes == "present":
         dice = dice[target_count > 0]
-    return cross_entropy + dice_weight * (1.0 - dice.mean())
+    return loss + dice_weight * (1.0 - dice.mean())
 
 
 def repeat_factors(masks: torch.Tensor, threshold: float) -> torch.Tensor:
