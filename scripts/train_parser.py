@@ -466,10 +466,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
         seconds[threads] = time_parse(parser, args.data / "images", split.val[0])
     weights_bytes = sum(p.stat().st_size for p in args.output.glob("*.safetensors"))
-    earlier_stages = []  # the runs that made the --init-from weights, first to last
-    if args.init_from is not None:
-        init_metrics = args.init_from / "metrics.json"
-        init_report = json.loads(init_metrics.read_text()) if init_metrics.is_file() else {}
+    earlier_stages = []  # the runs that made the --init-from weights, first to last (unknown without metrics.json)
+    init_metrics = None if args.init_from is None else args.init_from / "metrics.json"
+    if init_metrics is not None and init_metrics.is_file():
+        init_report = json.loads(init_metrics.read_text())
         earlier_stages = init_report.get("earlier_stages", []) + [
             {key: init_report.get(key) for key in ("command", "epochs", "train_minutes", "mean_iou", "threads", "args")}]
     report = {

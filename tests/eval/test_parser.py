@@ -443,6 +443,14 @@ def test_recipe_fine_tunes_from_a_saved_parser_and_the_card_names_both_stages(tm
     card = (tmp_path / "stage4" / "MODEL_CARD.md").read_text()
     assert "+ 0.5 x Lovasz-softmax" in card and "held for the last 2 epochs" in card and "multi-scale" not in card
 
+    # from a parser saved without the recipe (no metrics.json beside it): no chain of stages, the command alone
+    tiny_parser().save_pretrained(tmp_path / "plain")
+    plain = ["--output", str(tmp_path / "from-plain"), "--work-dir", str(tmp_path / "wp"),
+             "--init-from", str(tmp_path / "plain")]
+    assert recipe.main(common + plain) == 0
+    card = (tmp_path / "from-plain" / "MODEL_CARD.md").read_text()
+    assert "stages" not in card.split("## Recipe")[1].split("\n\n")[1] and str(tmp_path / "plain") in card
+
     # --epochs 0: the same weights, saved with multi-scale testing and measured again; a key an older
     # FaceParser wrote (ignored on load) is not carried into the new config
     config_file = tmp_path / "stage4" / "config.json"
