@@ -293,7 +293,7 @@ class FaceParser(ModelMixin, ConfigMixin, PhotoParserMixin):
     def _photo_logits(self, photos: list[Image.Image]) -> torch.Tensor:
         sizes = sorted({self.config.sample_size, *self.config.test_time_sizes}, reverse=True)
         if len(sizes) == 1:
-            return self._official_logits(self._pixel_values(photos))
+            return super()._photo_logits(photos)
         total = None
         for size in sizes:  # largest first: its logits set the common resolution
             logits = self._official_logits(self._pixel_values(photos, size))  # (B, C, ~size/2, ~size/2)
