@@ -1,15 +1,17 @@
 #!/usr/bin/env python
 """Train the shipped face parser (``facemogle.eval.parser.FaceParser``) on a CelebAMask-HQ-style folder.
 
-The shipped weights (``src/facemogle/weights/parser``) come from five runs of this script, which
+The shipped weights (``src/facemogle/weights/parser``) come from four runs of this script, which
 ``make parser`` chains (CPU, one thread, about 3 h): 50 epochs from scratch; then fine-tuning
 stages, each from the previous one's weights (``--init-from``, a fresh warm-up + cosine schedule):
 repeat-factor sampling so that images with rare classes (necklace, hat, eyeglasses) are drawn about
 twice as often (``--rare-class-threshold``), Dice over the classes present in each batch
-(``--dice-classes present``), a Lovasz-softmax term (``--lovasz-weight``); last, ``--epochs 0``
-saves those weights with multi-scale testing (``--test-time-sizes``) and measures them again. The
-model card lists every stage's command. (``--swa-epochs``, weight averaging, measured +0.002 after
-the Dice stage and nothing after the Lovasz one; it is not in the shipped recipe.)
+(``--dice-classes present``), and last a Lovasz-softmax term (``--lovasz-weight``) with copy-paste
+of rare objects from other training photos (``--copy-paste-classes``), saved with multi-scale
+testing (``--test-time-sizes``). The model card lists every stage's command. (``--swa-epochs``,
+weight averaging, measured +0.002 after the Dice stage and nothing after the Lovasz one; it is not
+in the shipped recipe. ``--epochs 0`` re-packages a parser with new inference settings and measures
+it again.)
 
 What it does:
 
@@ -17,7 +19,8 @@ What it does:
    writes the split to ``WORK_DIR/split.json``.
 2. Decodes every training pair once at the model's ``sample_size`` (photos with the parser's own
    ``resize_photo``, masks with nearest neighbour) and keeps them in memory as uint8.
-3. Trains (from scratch, or from ``--init-from``) with batch-level augmentation in torch (horizontal flip with left/right class swap,
+3. Trains (from scratch, or from ``--init-from``) with batch-level augmentation in torch (optional
+   copy-paste of rare objects, horizontal flip with left/right class swap,
    small rotation/scale/shift, brightness/contrast/saturation jitter, rare greyscale), loss =
    cross-entropy + soft Dice (+ Lovasz-softmax), AdamW, one warm-up epoch then a cosine decay to
    zero (or, with weight averaging, to a constant held for the averaged epochs; the BatchNorm
@@ -57,7 +60,7 @@ from facemogle.eval.parser import (
     mirrored_class_ids,
     resize_photo,
 )
-from facemogle.labels import CLASS_NAMES, NUM_CLASSES
+from facemogle.labels import CLASS_NAMES, NUM_CLASSES, class_id
 from facemogle.masks import load_mask
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -130,6 +133,52 @@ def augment(
 
 
 FLIP_LUT = flip_lut()
+
+
+def copy_paste_pool(masks: torch.Tensor, class_ids: list[int], min_pixels: int) -> dict[int, list[int]]:
+    """class id -> indices of the training images in which that class covers at least ``min_pixels``
+    pixels: the objects ``copy_paste`` may paste (classes with none are left out). masks: (N, S, S) uint8 ids."""
+    counts = torch.stack([torch.bincount(m.reshape(-1).long(), minlength=NUM_CLASSES) for m in masks])  # (N, C)
+    pool = {c: torch.nonzero(counts[:, c] >= min_pixels)[:, 0].tolist() for c in class_ids}
+    return {c: images for c, images in pool.items() if images}
+
+
+def copy_paste(
+    photos: torch.Tensor,
+    masks: torch.Tensor,
+    source_photos: torch.Tensor,
+    source_masks: torch.Tensor,
+    pool: dict[int, list[int]],
+    probability: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Simple Copy-Paste (Ghiasi et al., CVPR 2021) for rare classes: with ``probability``, each image
+    gets one object pasted where it was in its own photo, mirrored half the time (left/right classes
+    swapped then): a class drawn
+    uniformly from ``pool``, then one of that class's images; the object's pixels take that photo's
+    colours and the class.
+
+    CelebA-HQ faces are aligned, so an object's own place (a necklace below the chin, glasses over the
+    eyes, a hat above the forehead) is a plausible place on another face. Hard edges, no blending.
+    photos (B, S, S, 3) uint8 and masks (B, S, S) uint8 are the batch; source_* the whole training set.
+    Returns new tensors; the inputs are not modified.
+    """
+    photos, masks = photos.clone(), masks.clone()
+    classes = sorted(pool)
+    for i in range(len(photos)):
+        if not classes or torch.rand((), generator=generator) >= probability:
+            continue
+        class_index = classes[int(torch.randint(len(classes), (), generator=generator))]
+        images = pool[class_index]
+        source = images[int(torch.randint(len(images), (), generator=generator))]
+        region = source_masks[source] == class_index  # (S, S)
+        pixels = source_photos[source]  # (S, S, 3)
+        label = class_index
+        if torch.rand((), generator=generator) < 0.5:  # mirrored: a left eye would become a right eye
+            region, pixels, label = region.flip(-1), pixels.flip(-2), int(FLIP_LUT[class_index])
+        photos[i][region] = pixels[region]
+        masks[i][region] = label
+    return photos, masks
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,6 +371,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rare-class-threshold", type=float, default=0.0,
                    help="repeat-factor sampling: an image's draw weight is max(1, sqrt(T / f)) over its classes, "
                         "f = fraction of training images holding the class (0 = plain shuffling)")
+    p.add_argument("--copy-paste-classes", nargs="*", default=[], choices=CLASS_NAMES, metavar="CLASS",
+                   help="paste objects of these classes (names, e.g. necklace) from other training images (Simple Copy-Paste)")
+    p.add_argument("--copy-paste-prob", type=float, default=0.5, help="fraction of batch images that get a pasted object")
+    p.add_argument("--copy-paste-min-pixels", type=int, default=16, help="smallest object pasted, in pixels at sample size")
     p.add_argument("--test-time-sizes", type=int, nargs="*", default=None,
                    help="extra input sizes parse averages over (multi-scale testing; saved in the config; "
                         "default: none from scratch, as loaded with --init-from)")
@@ -368,6 +421,11 @@ def main(argv: list[str] | None = None) -> int:
     if weights is not None:
         print(f"repeat-factor sampling (threshold {args.rare_class_threshold}): weights {weights.min():.2f}..{weights.max():.2f}, "
               f"{int((weights > 1).sum())} of {len(weights)} images above 1")
+    paste_ids = [class_id(name) for name in args.copy_paste_classes]
+    paste_pool = copy_paste_pool(train_masks, paste_ids, args.copy_paste_min_pixels) if paste_ids else []
+    if paste_ids:
+        print("copy-paste, p = " + f"{args.copy_paste_prob}: " + ", ".join(
+            f"{CLASS_NAMES[c]} from {len(images)} images" for c, images in paste_pool.items()))
     model = model.to(memory_format=torch.channels_last)  # faster oneDNN convolutions on CPU
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = len(train_photos) // args.batch_size
@@ -400,7 +458,11 @@ def main(argv: list[str] | None = None) -> int:
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", mininterval=20, file=sys.stdout)
         for step in bar:
             index = order[step * args.batch_size : (step + 1) * args.batch_size]
-            images, labels = augment(train_photos[index], train_masks[index], args, generator)
+            photos, masks = train_photos[index], train_masks[index]
+            if paste_pool:
+                photos, masks = copy_paste(photos, masks, train_photos, train_masks, paste_pool,
+                                           args.copy_paste_prob, generator)
+            images, labels = augment(photos, masks, args, generator)
             images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                 logits = model(images, output_size=tuple(labels.shape[-2:]))
@@ -554,6 +616,15 @@ def averaging_text(args: dict) -> str:
             "on the (unaugmented) training photos.\n")
 
 
+def copy_paste_text(args: dict) -> str:
+    classes = args.get("copy_paste_classes") or []
+    if not classes:
+        return ""
+    return (f" Copy-paste (before the above): with p={args['copy_paste_prob']} an image gets one object of "
+            f"{', '.join(classes)} (a class drawn uniformly, then one of the training images holding at least "
+            f"{args['copy_paste_min_pixels']} of its pixels) pasted at its own place, mirrored half the time.")
+
+
 def model_card(report: dict) -> str:
     stages = report.get("earlier_stages") or []
     trained, label = report, " (last stage)" if stages else ""
@@ -598,7 +669,7 @@ Training{label}: {trained['epochs']} epochs, batch {targs['batch_size']}, AdamW 
 {targs['weight_decay']}), 1 warm-up epoch then cosine decay, cross-entropy + {targs['dice_weight']} x soft Dice{lovasz_text(targs)},
 bf16 autocast = {targs['bf16']}, seed {targs['seed']}. Augmentation: horizontal flip with left/right eye,
 eyebrow and ear swap; rotation +-{targs['max_rotation']} deg, scale x/÷{targs['max_scale']}, shift +-{targs['max_shift']};
-brightness/contrast/saturation +-{targs['color_jitter']}, greyscale p={targs['greyscale_prob']}.
+brightness/contrast/saturation +-{targs['color_jitter']}, greyscale p={targs['greyscale_prob']}.{copy_paste_text(targs)}
 Dice averaged over {'the classes present in each batch' if targs.get('dice_classes') == 'present' else 'all classes'}.
 {averaging_text(targs)}{sampling_text(targs.get('rare_class_threshold', 0.0))}
 Training time{' of that stage' if trained is not report else ' of this stage' if stages else ''}: **{trained['train_minutes']} min** on {trained['threads']} CPU thread(s) (Intel Xeon, 2 cores shared).

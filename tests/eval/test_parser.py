@@ -397,6 +397,45 @@ def test_recipe_repeat_factors_favour_images_with_rare_classes():
     assert len(draws) == 2000 and abs(float((draws == 3).float().mean()) - 0.75) < 0.03
 
 
+def test_recipe_copy_paste_puts_rare_objects_at_their_own_place():
+    recipe = load_recipe()
+    necklace, left_eye, right_eye = class_id("necklace"), class_id("left eye"), class_id("right eye")
+    source_photos = torch.zeros(3, 8, 8, 3, dtype=torch.uint8)
+    source_masks = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    source_masks[0, 6, 1:3] = necklace  # 2 px: too small for min_pixels=3
+    source_masks[1, 6, 1:4] = necklace  # 3 px
+    source_photos[1, 6, 1:4] = torch.tensor([200, 100, 50], dtype=torch.uint8)
+    source_masks[2, 2, 1:4] = left_eye
+    source_photos[2, 2, 1:4] = torch.tensor([10, 20, 30], dtype=torch.uint8)
+    pool = recipe.copy_paste_pool(source_masks, [necklace, left_eye, class_id("hat")], min_pixels=3)
+    assert pool == {necklace: [1], left_eye: [2]}  # no hat anywhere: left out
+
+    photos = torch.full((64, 8, 8, 3), 7, dtype=torch.uint8)
+    masks = torch.full((64, 8, 8), class_id("face skin"), dtype=torch.uint8)
+    before = photos.clone(), masks.clone()
+    new_photos, new_masks = recipe.copy_paste(photos, masks, source_photos, source_masks, pool, 1.0,
+                                              torch.Generator().manual_seed(0))
+    assert torch.equal(photos, before[0]) and torch.equal(masks, before[1])  # inputs untouched
+    seen = set()
+    for photo, mask in zip(new_photos, new_masks):
+        changed = mask != class_id("face skin")
+        assert int(changed.sum()) == 3  # exactly one object, whole
+        rows, columns = torch.nonzero(changed, as_tuple=True)
+        label, mirrored = int(mask[rows[0], columns[0]]), bool(columns.min() >= 4)
+        source, row = (1, 6) if label == necklace else (2, 2)
+        assert torch.equal(columns.sort().values, torch.tensor([4, 5, 6] if mirrored else [1, 2, 3]))
+        assert torch.all(rows == row)
+        if source == 2:
+            assert label == (right_eye if mirrored else left_eye)  # a mirrored left eye is a right eye
+        assert torch.equal(photo[changed], source_photos[source, row, 1:4])  # its own colours (uniform here)
+        assert torch.all(photo[~changed] == 7)
+        seen.add((source, mirrored))
+    assert seen == {(1, False), (1, True), (2, False), (2, True)}  # both classes drawn, both orientations
+
+    untouched = recipe.copy_paste(photos, masks, source_photos, source_masks, pool, 0.0, torch.Generator())
+    assert torch.equal(untouched[0], photos) and torch.equal(untouched[1], masks)
+
+
 def write_tiny_face_folder(root: Path, count: int = 5, size: int = 32) -> Path:
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True)
@@ -435,13 +474,18 @@ def test_recipe_fine_tunes_from_a_saved_parser_and_the_card_names_both_stages(tm
     assert recipe.main(common + stage_3) == 0
     card = (tmp_path / "stage3" / "MODEL_CARD.md").read_text()
     assert "3 stages" in card and "Dice averaged over the classes present in each batch" in card
-    assert "Weight averaging" not in card and "Lovasz" not in card
+    assert "Weight averaging" not in card and "Lovasz" not in card and "Copy-paste" not in card
 
     stage_4 = ["--output", str(tmp_path / "stage4"), "--work-dir", str(tmp_path / "w4"), "--init-from",
-               str(tmp_path / "stage3"), "--epochs", "2", "--swa-epochs", "2", "--lovasz-weight", "0.5"]
+               str(tmp_path / "stage3"), "--epochs", "2", "--swa-epochs", "2", "--lovasz-weight", "0.5",
+               "--copy-paste-classes", "left eye", "--copy-paste-min-pixels", "2"]
     assert recipe.main(common + stage_4) == 0
     card = (tmp_path / "stage4" / "MODEL_CARD.md").read_text()
     assert "+ 0.5 x Lovasz-softmax" in card and "held for the last 2 epochs" in card and "multi-scale" not in card
+    assert "one object of left eye (a class drawn uniformly" in card and "at least 2 of its pixels" in card
+    printed = capsys.readouterr().out
+    assert "copy-paste, p = 0.5: left eye from 4 images" in printed  # 4 train images, all with eyes
+    assert "weights of the last 2 epochs" in printed
 
     # from a parser saved without the recipe (no metrics.json beside it): no chain of stages, the command alone
     tiny_parser().save_pretrained(tmp_path / "plain")
@@ -467,7 +511,6 @@ def test_recipe_fine_tunes_from_a_saved_parser_and_the_card_names_both_stages(tm
     assert "resized to 64x64 and the log-probabilities" in card and "5 stages" in card
     assert "No further training (`--epochs 0`): stage 4's weights" in card
     assert "Training (stage 4, the last that trained): 2 epochs" in card and "+ 0.5 x Lovasz-softmax" in card
-    assert "weights of the last 2 epochs" in capsys.readouterr().out
     assert card.index(str(tmp_path / "stage1")) < card.index(str(tmp_path / "stage2")) < card.index(str(tmp_path / "stage3"))
 
 
