@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -78,6 +77,7 @@ def run_training(config, processes: int, threads: int, name: str, work: Path, pr
     ``<work>/<name>.yaml`` (per-process batch = the config's batch / processes, so the update is the
     same maths as one process; ``threads`` torch threads each) and read back its ``--result-json``.
     """
+    from facemogle.train.launch import cpu_train_command
     from facemogle.train.trainer import TrainResult, train
 
     if processes == 1:
@@ -91,12 +91,7 @@ def run_training(config, processes: int, threads: int, name: str, work: Path, pr
     values["train"]["cpu_threads"] = threads
     config_file, result_file = work / f"{name}.yaml", work / f"{name}.result.json"
     config_file.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
-    with socket.socket() as probe:  # a free port for the process group
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
-               "--dynamo_backend", "no", "-m", "facemogle", "train", str(config_file), "--result-json", str(result_file)]
+    command = cpu_train_command(config_file, processes, "--result-json", str(result_file))
     environment = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS=str(threads))
     subprocess.run(command + ([] if progress else ["--no-progress"]), env=environment, check=True)
     return TrainResult.from_dict(json.loads(result_file.read_text(encoding="utf-8")))

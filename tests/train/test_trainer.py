@@ -7,7 +7,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -25,6 +24,7 @@ from facemogle.errors import CheckpointError
 from facemogle.specs import OFFICIAL_MOGLE_NAME
 from facemogle.train import checkpoint as ckpt
 from facemogle.train.config import config_from_dict
+from facemogle.train.launch import cpu_train_command
 from facemogle.train.trainer import LOG_NAME, Trainer, TrainResult, discarded_condition_lora_parameters
 
 from .conftest import RESOLUTION, single_thread_environment, tiny_config
@@ -136,14 +136,7 @@ def test_two_processes_match_one_process_with_the_same_total_batch(synthetic_dat
                       checkpoint={"every": steps})
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(two))
     environment = {**single_thread_environment(), "ACCELERATE_USE_CPU": "1"}  # accelerate's switch: gloo on CPU
-    with socket.socket() as probe:  # a free port: other runs on this machine may hold accelerate's default
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
-               "--dynamo_backend", "no",
-               "-m", "facemogle", "train", str(tmp_path / "two.yaml"), "--no-progress",
-               "--result-json", str(tmp_path / "two.json")]
+    command = cpu_train_command(tmp_path / "two.yaml", 2, "--no-progress", "--result-json", str(tmp_path / "two.json"))
     finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert finished.returncode == 0, finished.stderr[-3000:]
     two_final = ckpt.latest_checkpoint(tmp_path / "two" / "checkpoints")
