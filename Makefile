@@ -40,10 +40,10 @@ tiny-model: venv
 
 # Reproduce the shipped face parser (about 3 h on one CPU thread; needs ../shared): 50 epochs from scratch;
 # two fine-tuning stages with rare classes drawn more often, the second with Dice over the classes present
-# in each batch; one adding a Lovasz-softmax loss term; then no more training (--epochs 0): those weights
-# saved with multi-scale testing (256 + 320 px) and measured again. The model card lists every command.
+# in each batch; a last one adding a Lovasz-softmax loss term and copy-paste of rare objects (necklace, hat,
+# eyeglasses, earring), saved with multi-scale testing (256 + 320 px). The model card lists every command.
 PARSER_ARGS = --data ../shared/data/celebamask-hq-mini --rare-class-threshold 0.3 --lr 1e-3
-PARSER_LOVASZ = --dice-classes present --lovasz-weight 1.0
+PARSER_LAST = --dice-classes present --lovasz-weight 1.0 --copy-paste-classes necklace hat eyeglasses earring
 parser: venv
 	$(PY) scripts/train_parser.py --data ../shared/data/celebamask-hq-mini \
 		--output out/parser-work/stage1 --work-dir out/parser-work/stage1-work --epochs 50
@@ -51,10 +51,8 @@ parser: venv
 		--output out/parser-work/stage2-out --work-dir out/parser-work/stage2 --epochs 45
 	$(PY) scripts/train_parser.py $(PARSER_ARGS) --init-from out/parser-work/stage2-out --dice-classes present \
 		--output out/parser-work/stage3-out --work-dir out/parser-work/stage3 --epochs 40
-	$(PY) scripts/train_parser.py $(PARSER_ARGS) $(PARSER_LOVASZ) --init-from out/parser-work/stage3-out \
-		--output out/parser-work/stage4-out --work-dir out/parser-work/stage4 --epochs 20
-	$(PY) scripts/train_parser.py $(PARSER_ARGS) $(PARSER_LOVASZ) --init-from out/parser-work/stage4-out \
-		--epochs 0 --test-time-sizes 320 --output src/facemogle/weights/parser --work-dir out/parser-work/stage5
+	$(PY) scripts/train_parser.py $(PARSER_ARGS) $(PARSER_LAST) --init-from out/parser-work/stage3-out \
+		--epochs 20 --test-time-sizes 320 --output src/facemogle/weights/parser --work-dir out/parser-work/stage4
 
 clean:
 	rm -rf $(VENV) out
