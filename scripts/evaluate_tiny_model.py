@@ -245,9 +245,9 @@ Measured by `python scripts/evaluate_tiny_model.py` (the last stage of `make tin
 {verdict}
 
 The parser is the shipped one (`facemogle parse`), so the mIoU numbers move with it: the same generated
-images scored a ratio of 0.52, 0.48 and 0.41 with the three parsers shipped so far, each better on real
-photos than the last (validation mIoU 0.679, 0.693, 0.6998) and each reading these blurry 128 px faces
-less readily. The FID-style distance uses the parser's pooled bottleneck
+images scored a ratio of 0.52, 0.48, 0.41 and 0.41 with the four parsers shipped so far, each better on
+real photos than the last (validation mIoU 0.679, 0.693, 0.6998, 0.7055) and the first three each
+reading these blurry 128 px faces less readily. The FID-style distance uses the parser's pooled bottleneck
 features (Inception weights are not downloadable here), so it compares runs of this card only. The text
 score is the cosine (x 100) of the text stage's image tower and caption embedding: a CLIP-score
 analogue trained on the same captions, so only the gap between own and other captions is meaningful.
