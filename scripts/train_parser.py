@@ -154,9 +154,8 @@ def copy_paste(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Simple Copy-Paste (Ghiasi et al., CVPR 2021) for rare classes: with ``probability``, each image
     gets one object pasted where it was in its own photo, mirrored half the time (left/right classes
-    swapped then): a class drawn
-    uniformly from ``pool``, then one of that class's images; the object's pixels take that photo's
-    colours and the class.
+    swapped then): a class drawn uniformly from ``pool``, then one of that class's images; the
+    object's pixels take that photo's colours and the class.
 
     CelebA-HQ faces are aligned, so an object's own place (a necklace below the chin, glasses over the
     eyes, a hat above the forehead) is a plausible place on another face. Hard edges, no blending.
@@ -422,9 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"repeat-factor sampling (threshold {args.rare_class_threshold}): weights {weights.min():.2f}..{weights.max():.2f}, "
               f"{int((weights > 1).sum())} of {len(weights)} images above 1")
     paste_ids = [class_id(name) for name in args.copy_paste_classes]
-    paste_pool = copy_paste_pool(train_masks, paste_ids, args.copy_paste_min_pixels) if paste_ids else []
+    paste_pool = copy_paste_pool(train_masks, paste_ids, args.copy_paste_min_pixels) if paste_ids else {}
     if paste_ids:
-        print("copy-paste, p = " + f"{args.copy_paste_prob}: " + ", ".join(
+        print(f"copy-paste, p = {args.copy_paste_prob}: " + ", ".join(
             f"{CLASS_NAMES[c]} from {len(images)} images" for c, images in paste_pool.items()))
     model = model.to(memory_format=torch.channels_last)  # faster oneDNN convolutions on CPU
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
