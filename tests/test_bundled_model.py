@@ -28,7 +28,7 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def parser():
-    from facemogle.eval.parser import load_parser
+    from facemogle.parser import load_parser
 
     return load_parser(None)
 

@@ -61,7 +61,7 @@ def output_paths(photos: list[Path], output: Path) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facemogle.eval.parser import load_parser
+    from facemogle.parser import load_parser
     from facemogle.masks import save_mask
 
     if args.batch_size < 1:

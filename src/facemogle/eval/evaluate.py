@@ -114,8 +114,8 @@ class EvaluationSettings:
 
 
 def load_face_parser(path_or_none: str | None):
-    """The face parser of the ``miou`` metric (``facemogle.eval.parser.load_parser``), imported lazily."""
-    from facemogle.eval.parser import load_parser
+    """The face parser of the ``miou`` metric (``facemogle.parser.load_parser``), imported lazily."""
+    from facemogle.parser import load_parser
 
     return load_parser(path_or_none)
 

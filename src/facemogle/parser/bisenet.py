@@ -15,6 +15,8 @@ Input convention (what the released weights expect):
 
 Outputs are in the **BiSeNet label order** (``facemogle.labels.BISENET_CLASS_NAMES``); convert ids with
 ``facemogle.labels.BISENET_TO_OFFICIAL`` or reorder logit channels with ``OFFICIAL_TO_BISENET``.
+``BiSeNetParser`` does that behind the ``parse`` API of every face parser (official ids out), and
+``facemogle.parser.load_parser(FILE.pth)`` returns one.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from facemogle.errors import CheckpointError
-from facemogle.labels import NUM_CLASSES
+from facemogle.labels import NUM_CLASSES, OFFICIAL_TO_BISENET
+from facemogle.parser.inference import RGB_CHANNELS, PhotoParserMixin, resize_photo
 
 BISENET_INPUT_SIZE = 512
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -246,3 +251,29 @@ def check_state_dict(model: nn.Module, state: dict, *, name: str) -> None:
             problems.append(f"{label}: {shown}")
     if problems:
         raise CheckpointError(f"{name} is not a face-parsing.PyTorch BiSeNet checkpoint: " + "; ".join(problems))
+
+
+class BiSeNetParser(nn.Module, PhotoParserMixin):
+    """A face-parsing.PyTorch BiSeNet behind the ``parse`` API (official ids out).
+
+    Photos are resized to 512 x 512 and ImageNet-normalised (see the module docstring); the main
+    head's logits are reordered to the official label order, upsampled to 512 x 512
+    (``align_corners=True``, as in the original), then to each photo's size.
+    """
+
+    def __init__(self, net: BiSeNet):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, RGB_CHANNELS, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, RGB_CHANNELS, 1, 1), persistent=False)
+        self.register_buffer("official_to_bisenet", torch.tensor(OFFICIAL_TO_BISENET), persistent=False)
+
+    def _pixel_values(self, photos: list[Image.Image]) -> torch.Tensor:
+        batch = np.stack([resize_photo(photo, BISENET_INPUT_SIZE) for photo in photos])  # (B, 512, 512, 3)
+        pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float().to(self.mean.device) / 255.0
+        return (pixels - self.mean) / self.std
+
+    def _official_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        logits = self.net.predict_logits(pixel_values)  # (B, 19, 64, 64), BiSeNet order
+        logits = F.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=True)
+        return logits[:, self.official_to_bisenet]  # (B, 19, 512, 512), official order

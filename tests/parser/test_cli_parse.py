@@ -1,0 +1,54 @@
+"""`facemogle parse`: photos -> palette PNG masks (or colour renders) with any parser."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from facemogle.cli import main as cli_main
+from facemogle.labels import PALETTE
+from facemogle.parser import load_parser
+
+from .conftest import random_photo
+
+
+def test_cli_parse_writes_palette_masks_at_photo_size(tmp_path, tiny_parser_dir, capsys):
+    random_photo(40, 30).save(tmp_path / "a.jpg")
+    assert cli_main(["parse", str(tmp_path / "a.jpg"), "-o", str(tmp_path / "a_mask.png"),
+                     "--parser", str(tiny_parser_dir)]) == 0
+    mask = Image.open(tmp_path / "a_mask.png")
+    assert mask.mode == "P" and mask.size == (40, 30)
+    assert np.array_equal(np.asarray(mask), load_parser(tiny_parser_dir).parse(tmp_path / "a.jpg"))
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_parse_many_photos_into_a_folder_with_color(tmp_path, tiny_parser_dir):
+    for name, size in (("a", (40, 30)), ("b", (24, 24))):
+        random_photo(*size).save(tmp_path / f"{name}.png")
+    out = tmp_path / "masks"
+    assert cli_main(["parse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out), "--color",
+                     "--parser", str(tiny_parser_dir)]) == 0
+    render = np.asarray(Image.open(out / "a.png"))
+    assert render.shape == (30, 40, 3) and Image.open(out / "b.png").size == (24, 24)
+    assert {tuple(c) for c in render.reshape(-1, 3)} <= set(PALETTE)
+
+
+def test_cli_parse_uses_the_shipped_parser_by_default(tmp_path, shipped_parser):
+    random_photo(64, 64).save(tmp_path / "face.png")
+    assert cli_main(["parse", str(tmp_path / "face.png"), "-o", str(tmp_path / "mask.png")]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "mask.png")), shipped_parser.parse(tmp_path / "face.png"))
+
+
+def test_cli_parse_errors_are_one_line(tmp_path, tiny_parser_dir, capsys):
+    random_photo(16, 16).save(tmp_path / "a.png")
+    random_photo(16, 16).save(tmp_path / "b.png")
+    cases = [
+        (["parse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "x.png")], "output folder"),
+        (["parse", str(tmp_path / "missing.jpg"), "-o", str(tmp_path / "x.png")], "does not exist"),
+        (["parse", str(tmp_path / "a.png"), "-o", str(tmp_path / "x.jpg")], "PNG"),
+        (["parse", str(tmp_path / "a.png"), "-o", str(tmp_path / "x.png"), "--parser", str(tmp_path)], "config"),
+    ]
+    for argv, message in cases:
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("facemogle parse: error:") and message in err and "\n" not in err
