@@ -49,34 +49,18 @@ from peft import LoraConfig, get_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from facemogle.errors import CheckpointError, InputError
+from facemogle.files import LORA_WEIGHT_NAME
 
 CONDITION_ADAPTER_NAME = "condition"
 """peft adapter name of the condition-stream LoRA."""
-
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-"""File name of the official LoRA (diffusers LoRA format, keys ``transformer.<module>.lora_A.weight``)."""
 
 LORA_KEY_PREFIX = "transformer"
 """Key prefix of the transformer's LoRA tensors in a diffusers LoRA file."""
 
 CONDITION_LORA_TARGETS: dict[str, tuple[str, ...]] = {
     "": ("x_embedder",),
-    "transformer_blocks": (
-        "norm1.linear",
-        "attn.to_q",
-        "attn.to_k",
-        "attn.to_v",
-        "attn.to_out.0",
-        "ff.net.2",
-    ),
-    "single_transformer_blocks": (
-        "norm.linear",
-        "proj_mlp",
-        "proj_out",
-        "attn.to_q",
-        "attn.to_k",
-        "attn.to_v",
-    ),
+    "transformer_blocks": ("norm1.linear", "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.net.2"),
+    "single_transformer_blocks": ("norm.linear", "proj_mlp", "proj_out", "attn.to_q", "attn.to_k", "attn.to_v"),
 }
 """Modules that carry the condition LoRA, per block list ("" = top level), as in Face-MoGLE's config.
 

@@ -46,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 from facemogle.errors import InputError, MaskError
+from facemogle.files import atomic_write
 from facemogle.labels import (
     BISENET_TO_OFFICIAL,
     LABEL_ORDERS,
@@ -362,8 +363,7 @@ def save_mask(ids: np.ndarray, path: str | os.PathLike, *, to: str = "ids") -> P
         image = Image.fromarray(render_mask(_as_ids(ids)))
     else:
         raise InputError(f"unknown mask output {to!r}; choose 'ids' or 'color'")
-    image.save(path, format="PNG")
-    return path
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 # --------------------------------------------------------------------------------------------

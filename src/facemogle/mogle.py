@@ -50,10 +50,10 @@ import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
-from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
 from facemogle.errors import CheckpointError, InputError
+from facemogle.files import read_state_dict_file
 from facemogle.labels import NUM_CONDITIONS
 
 GATING_MODES: tuple[str, ...] = ("dynamic", "none", "static", "scalar")
@@ -412,33 +412,6 @@ class MoGLE(ModelMixin, ConfigMixin):
         except CheckpointError as error:
             raise CheckpointError(f"{path}: {error}") from None
         return model.eval()
-
-
-def read_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a plain state dict from ``.pt``/``.pth``/``.bin`` (weights only) or ``.safetensors``.
-
-    Raises:
-        CheckpointError: the file is missing, not a checkpoint, or not a dict of tensors.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        if path.endswith(".safetensors"):
-            state_dict = load_safetensors(path, device="cpu")
-        else:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling / zip / header errors all mean "not a checkpoint"
-        raise CheckpointError(
-            f"{path}: not a readable weights file ({type(error).__name__}: {error})"
-        ) from None
-    if not isinstance(state_dict, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
-    ):
-        raise CheckpointError(f"{path}: not a state dict (a mapping of names to tensors)")
-    if not state_dict:
-        raise CheckpointError(f"{path}: the state dict is empty")
-    return dict(state_dict)
 
 
 def infer_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict:

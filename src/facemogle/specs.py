@@ -20,12 +20,11 @@ from typing import Callable
 import torch
 
 from facemogle.errors import CheckpointError, InputError
+from facemogle.files import LORA_WEIGHT_NAME, MOGLE_WEIGHT_NAME
 
 logger = logging.getLogger(__name__)
 
 #: What the official Face-MoGLE release calls its two files.
-OFFICIAL_LORA_NAME = "pytorch_lora_weights.safetensors"
-OFFICIAL_MOGLE_NAME = "global_local_mask_moe.pt"
 FLUX_DEV_HUB_ID = "black-forest-labs/FLUX.1-dev"
 #: The model every command uses when none is named: the bundled CPU model.
 DEFAULT_MODEL = "tiny"
@@ -100,11 +99,11 @@ def attach_face_mogle(pipe, *, lora: str | os.PathLike | None, mogle: str | os.P
 
 def _resolve_checkpoint_dir(checkpoint: str | os.PathLike) -> tuple[Path, Path]:
     path = Path(checkpoint)
-    lora, mogle = path / OFFICIAL_LORA_NAME, path / OFFICIAL_MOGLE_NAME
+    lora, mogle = path / LORA_WEIGHT_NAME, path / MOGLE_WEIGHT_NAME
     missing = [p.name for p in (lora, mogle) if not p.is_file()]
     if not path.is_dir() or missing:
         raise CheckpointError(
-            f"{path} is not a Face-MoGLE checkpoint directory (needs {OFFICIAL_LORA_NAME} and {OFFICIAL_MOGLE_NAME}; "
+            f"{path} is not a Face-MoGLE checkpoint directory (needs {LORA_WEIGHT_NAME} and {MOGLE_WEIGHT_NAME}; "
             f"missing: {', '.join(missing) if path.is_dir() else 'the directory itself'})"
         )
     return lora, mogle

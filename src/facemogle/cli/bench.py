@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from facemogle.files import atomic_write_text
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("bench", help="measure throughput (JSON output)",
@@ -88,6 +90,6 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
+        atomic_write_text(args.json, text + "\n")
     sys.stdout.flush()
     return 0

@@ -45,6 +45,7 @@ from facemogle.eval.paper_protocol import (
     PROTOCOLS,
 )
 from facemogle.eval.protocol import DINO_INPUT_MODES, KID_MAX_SUBSET_SIZE, KID_NUM_SUBSETS, METRICS
+from facemogle.files import atomic_write_text
 
 #: Metric batch size (both modes) and metrics of ``--protocol`` when none are given.
 DEFAULT_METRIC_BATCH_SIZE = 32
@@ -176,10 +177,10 @@ def _evaluation_settings(args: argparse.Namespace, metrics: str, seed: int):
 
 def _write(report: dict, table: str, output: Path, table_path: Path | None) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(output, json.dumps(report, indent=2) + "\n")
     if table_path is not None:
         table_path.parent.mkdir(parents=True, exist_ok=True)
-        table_path.write_text(table, encoding="utf-8")
+        atomic_write_text(table_path, table)
     print(table, end="")
     print(f"wrote {output}" + (f" and {table_path}" if table_path is not None else ""))
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from facemogle.cli.model_options import add_model_arguments, resolve_model
 from facemogle.errors import InputError
+from facemogle.files import atomic_write
 
 PAPER_SEED = 42
 
@@ -95,9 +96,10 @@ def run(args: argparse.Namespace) -> int:
 
     for img, path in zip(images, image_paths):
         path.parent.mkdir(parents=True, exist_ok=True)
-        img.save(path)
+        atomic_write(path, lambda tmp, img=img: img.save(tmp, format="PNG"))
         print(path)
     if grid_path is not None:
-        image_grid(images).save(grid_path)
+        grid = image_grid(images)
+        atomic_write(grid_path, lambda tmp: grid.save(tmp, format="PNG"))
         print(grid_path)
     return 0

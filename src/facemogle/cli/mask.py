@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from facemogle.errors import InputError
+from facemogle.files import atomic_write
 from facemogle.labels import CLASS_NAMES, LABEL_ORDERS, PALETTE
 from facemogle.masks import DEFAULT_MAX_COLOR_DISTANCE, class_fractions, load_mask, render_mask, save_mask
 
@@ -77,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         if args.mask_command == "show":
-            legend_image(ids).save(args.output, format="PNG")
+            legend = legend_image(ids)
+            atomic_write(args.output, lambda tmp: legend.save(tmp, format="PNG"))
         else:
             save_mask(ids, args.output, to=args.to)
     except OSError as err:  # e.g. a path component is a file, a read-only folder, a full disk

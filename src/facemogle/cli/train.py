@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+
+from facemogle.files import atomic_write_text
 
 RESUME_LATEST = "latest"
 
@@ -47,5 +48,5 @@ def run(args: argparse.Namespace) -> int:
         where = result.final_checkpoint or result.output_dir
         print(f"trained {result.global_step} steps; output: {where}")
         if args.result_json:
-            Path(args.result_json).write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
+            atomic_write_text(args.result_json, json.dumps(result.to_dict(), indent=1) + "\n")
     return 0

@@ -47,6 +47,7 @@ from PIL import Image
 
 from facemogle.data import splits as split_rules
 from facemogle.errors import InputError
+from facemogle.files import files_by_stem
 from facemogle.masks import load_mask, resize_mask
 
 #: CelebA-HQ's official split (also MM-CelebA-HQ's and the paper's): ids >= this are test.
@@ -115,18 +116,6 @@ def detect_layout(root: str | os.PathLike) -> DatasetLayout:
         what = "both layouts" if found else "neither layout"
         raise InputError(f"dataset folder {root} matches {what}: expected {expected}")
     return found[0]
-
-
-def _files_by_stem(folder: Path, stems: list[str]) -> dict[str, Path]:
-    wanted = set(stems)
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and not path.name.startswith(".") and path.stem in wanted:
-            if path.stem in found:
-                raise InputError(f"two files share the stem {path.stem!r} in {folder}: "
-                                 f"{found[path.stem].name} and {path.name}")
-            found[path.stem] = path
-    return found
 
 
 def _read_caption_json(path: Path) -> dict[str, list[str]]:
@@ -220,8 +209,8 @@ def index_dataset(root: str | os.PathLike, layout: str = "auto", split_file: str
     else:
         raise InputError(f"unknown dataset layout {layout!r}; known: auto, {', '.join(LAYOUTS)}")
     stems = split_rules.list_stems(root, (resolved.image_dir, resolved.mask_dir))
-    images = _files_by_stem(root / resolved.image_dir, stems)
-    masks = _files_by_stem(root / resolved.mask_dir, stems)
+    images = files_by_stem(root / resolved.image_dir, extensions=None, stems=stems)
+    masks = files_by_stem(root / resolved.mask_dir, extensions=None, stems=stems)
     table_path = caption_root / resolved.text_json
     table = _read_caption_json(table_path) if table_path.is_file() else None
     records = {}

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from facemogle.errors import InputError
+from facemogle.files import atomic_write_text, files_by_stem
 
 SPLIT_RULE = (
     "stems present in every sub-folder, ranked by sha256('<salt>:<stem>'); "
@@ -66,7 +67,7 @@ def list_stems(root: str | os.PathLike, subfolders: tuple[str, ...] = DEFAULT_SU
         folder = root / name
         if not folder.is_dir():
             raise InputError(f"dataset folder {str(root)!r} has no {name!r} sub-folder")
-        stem_sets.append({p.stem for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")})
+        stem_sets.append(set(files_by_stem(folder, extensions=None)))
     stems = sorted(set.intersection(*stem_sets))
     if not stems:
         raise InputError(f"dataset folder {str(root)!r} has no stem present in all of {', '.join(subfolders)}")
@@ -115,8 +116,7 @@ def write_split(split: Split, path: str | os.PathLike) -> Path:
         "val": list(split.val),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
 
 
 def read_split(path: str | os.PathLike) -> Split:

@@ -19,7 +19,9 @@ from typing import Callable, Sequence
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from facemogle.files import atomic_save_safetensors
 
 #: Default cache folder name, created inside the image folder.
 CACHE_FOLDER_NAME = ".facemogle_cache"
@@ -63,21 +65,12 @@ class FeatureCache:
         path = self.path(kind, key)
         if path is None:
             return
-        partial = path.with_name(path.name + f".{os.getpid()}.partial")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(
-                {name: tensor.contiguous().cpu() for name, tensor in tensors.items()},
-                str(partial),
-                metadata={"identity": identity, "key": key},
-            )
-            os.replace(partial, path)
+            atomic_save_safetensors(path, {name: tensor.cpu() for name, tensor in tensors.items()},
+                                    metadata={"identity": identity, "key": key})
         except OSError as error:
             warnings.warn(f"could not write the feature cache {path}: {error}", stacklevel=2)
-            try:
-                partial.unlink(missing_ok=True)
-            except OSError:
-                pass
 
     def get_or_compute(
         self,

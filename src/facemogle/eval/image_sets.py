@@ -19,22 +19,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from facemogle.errors import InputError
+from facemogle.files import IMAGE_EXTENSIONS, files_by_stem
 
-#: File extensions read as images (lower case).
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 #: How many offending names an error message lists.
 _SHOWN_IN_ERRORS = 5
-
-
-def natural_key(stem: str) -> tuple:
-    """Sort key that orders ``"2" < "10"`` (digit runs compare as numbers)."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", stem) if part)
 
 
 def _examples(names: list[str]) -> str:
@@ -51,24 +44,12 @@ def list_images(directory: str | os.PathLike, *, what: str = "image") -> dict[st
     directory = Path(directory)
     if not directory.is_dir():
         raise InputError(f"{what} folder {directory} does not exist or is not a folder")
-    by_stem: dict[str, Path] = {}
-    duplicates: list[str] = []
-    for path in directory.iterdir():
-        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
-            continue
-        if path.stem in by_stem:
-            duplicates.append(path.stem)
-        by_stem[path.stem] = path
-    if duplicates:
-        raise InputError(
-            f"{what} folder {directory} has several images with the same stem "
-            f"({_examples(sorted(duplicates, key=natural_key))}): images are paired by stem"
-        )
+    by_stem = files_by_stem(directory, extensions=IMAGE_EXTENSIONS)
     if not by_stem:
         raise InputError(
             f"{what} folder {directory} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
         )
-    return {stem: by_stem[stem] for stem in sorted(by_stem, key=natural_key)}
+    return by_stem
 
 
 def paired_files(

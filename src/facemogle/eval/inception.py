@@ -295,7 +295,7 @@ class FIDInceptionV3(nn.Module, ConfigMixin):
         Raises:
             CheckpointError: the file is missing, not a weights file, or not this architecture.
         """
-        from facemogle.mogle import read_state_dict_file
+        from facemogle.files import read_state_dict_file
 
         state_dict = read_state_dict_file(path)
         model = cls(**config)

@@ -53,8 +53,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from facemogle.specs import SAVED_PIPELINE_DIR
 from facemogle.errors import CheckpointError
+from facemogle.files import (LORA_WEIGHT_NAME, MOGLE_WEIGHT_NAME, atomic_torch_save, atomic_write, atomic_write_text,
+                             fsync_dir, read_state_dict_file, safe_torch_load)
+from facemogle.specs import SAVED_PIPELINE_DIR
 
 CHECKPOINT_FORMAT_VERSION = 1
 MARKER_NAME = "checkpoint.json"
@@ -73,53 +75,6 @@ def step_dir_name(step: int) -> str:
 
 def rng_file_name(rank: int) -> str:
     return f"rng_state_{rank}.pt"
-
-
-# ----------------------------------------------------------------------------------- atomic IO
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp_path)``, flush the file to disk, then rename it to ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def atomic_torch_save(path: str | os.PathLike, obj) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def safe_torch_load(path: str | os.PathLike):
-    """``torch.load(weights_only=True)`` with a CheckpointError naming the file."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling / zip errors all mean "not a valid state file"
-        raise CheckpointError(f"{path}: not a readable state file ({type(error).__name__}: {error})") from None
 
 
 def _sha256(path: Path) -> str:
@@ -293,8 +248,7 @@ def save_checkpoint(root: str | os.PathLike, parts: CheckpointParts, *, process_
                     barrier: Callable[[], None] | None = None, keep_last: int | None = None) -> Path:
     """Write ``root/step-<global_step>`` atomically (see the module docstring). Call on every
     process (each writes its RNG state); the main process writes the rest and renames."""
-    from facemogle.condition import LORA_WEIGHT_NAME, save_condition_lora
-    from facemogle.specs import OFFICIAL_MOGLE_NAME
+    from facemogle.condition import save_condition_lora
 
     barrier = barrier or (lambda: None)
     root = Path(root)
@@ -316,7 +270,7 @@ def save_checkpoint(root: str | os.PathLike, parts: CheckpointParts, *, process_
             os.fsync(handle.fileno())
         os.replace(staging / LORA_WEIGHT_NAME, tmp / LORA_WEIGHT_NAME)
         shutil.rmtree(staging)
-        atomic_write(tmp / OFFICIAL_MOGLE_NAME, parts.mogle.save_official_checkpoint)
+        atomic_write(tmp / MOGLE_WEIGHT_NAME, parts.mogle.save_official_checkpoint)
         atomic_torch_save(tmp / OPTIMIZER_NAME, parts.optimizer.state_dict())
         atomic_torch_save(tmp / SCHEDULER_NAME, parts.lr_scheduler.state_dict())
         if parts.grad_scaler is not None:
@@ -334,7 +288,7 @@ def save_checkpoint(root: str | os.PathLike, parts: CheckpointParts, *, process_
             files[str(path.relative_to(tmp))] = [path.stat().st_size, _sha256(path)]
         marker = {"format": CHECKPOINT_FORMAT_VERSION, "global_step": parts.state.global_step, "files": files}
         atomic_write_text(tmp / MARKER_NAME, json.dumps(marker, indent=1) + "\n")
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # the same step written again (a run resumed from an earlier checkpoint)
             old = root / f".old-{name}"
             if old.exists():
@@ -344,7 +298,7 @@ def save_checkpoint(root: str | os.PathLike, parts: CheckpointParts, *, process_
             shutil.rmtree(old)
         else:
             os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         if keep_last is not None:
             for stale in list_checkpoints(root)[:-keep_last]:
                 shutil.rmtree(stale)
@@ -361,8 +315,6 @@ def load_model_weights(directory: Path, transformer: torch.nn.Module, mogle, *, 
     from diffusers import FluxTransformer2DModel
 
     from facemogle.condition import load_condition_lora
-    from facemogle.mogle import read_state_dict_file
-    from facemogle.specs import OFFICIAL_MOGLE_NAME
 
     if scratch:
         transformer_dir = directory / PIPELINE_DIR / "transformer"
@@ -371,7 +323,7 @@ def load_model_weights(directory: Path, transformer: torch.nn.Module, mogle, *, 
         saved = FluxTransformer2DModel.from_pretrained(str(transformer_dir), torch_dtype=torch.float32)
         load_base_transformer_state_dict(transformer, saved.state_dict())  # copied into the live dtypes
     load_condition_lora(transformer, directory)
-    mogle.load_official_state_dict(read_state_dict_file(directory / OFFICIAL_MOGLE_NAME))
+    mogle.load_official_state_dict(read_state_dict_file(directory / MOGLE_WEIGHT_NAME))
 
 
 def load_optimizer_states(directory: Path, optimizer, lr_scheduler) -> None:
@@ -409,6 +361,5 @@ def read_checkpoint_config(directory: Path) -> dict:
 
 def read_lora_file(directory: Path) -> dict[str, torch.Tensor]:
     """The LoRA tensors of a checkpoint (official keys)."""
-    from facemogle.condition import LORA_WEIGHT_NAME
 
     return load_file(str(directory / LORA_WEIGHT_NAME))

@@ -463,7 +463,7 @@ def _check_initial_weights(model: ModelSection, mogle, errors: list[str]) -> Non
     """``init_lora`` / ``init_mogle`` must fit the configured rank and MoGLE variant (headers and a
     0.1 M-parameter file: cheap to read now, before the model is built)."""
     from facemogle.errors import CheckpointError
-    from facemogle.mogle import read_state_dict_file
+    from facemogle.files import read_state_dict_file
 
     if model.init_lora is not None:
         from safetensors import safe_open

@@ -23,6 +23,7 @@ analogue for the tiny model, whose text side is not CLIP).
 from __future__ import annotations
 
 import csv
+import io
 import random
 import time
 from dataclasses import dataclass
@@ -30,8 +31,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
+
+from facemogle.files import atomic_save_safetensors, atomic_write_text
 
 IMAGE_SIDE = 64
 TEXT_ENCODER_DIRS = ("text_encoder", "text_encoder_2")
@@ -145,13 +148,14 @@ def train_text_encoders(pipe, faces, captions: list[list[str]], output_dir: str 
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, encoder in zip(TEXT_ENCODER_DIRS, encoders):
         encoder.save_pretrained(str(output_dir / name), safe_serialization=True)
-    save_file({**{f"tower.{k}": v for k, v in tower.state_dict().items()},
-               **{f"proj_clip.{k}": v for k, v in proj_clip.state_dict().items()}},
-              str(output_dir / SCORE_FILE), metadata={"width": str(width)})
-    with open(output_dir / "text_log.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["step", "loss"])
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_save_safetensors(output_dir / SCORE_FILE, {**{f"tower.{k}": v for k, v in tower.state_dict().items()},
+                                                      **{f"proj_clip.{k}": v for k, v in proj_clip.state_dict().items()}},
+                            metadata={"width": str(width)})
+    log = io.StringIO()
+    writer = csv.DictWriter(log, fieldnames=["step", "loss"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(output_dir / "text_log.csv", log.getvalue())
     return result
 
 
