@@ -44,21 +44,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from facemogle.data.stream import EpochPermutations, draw_for_position
 from facemogle.errors import InputError
 from facemogle.labels import NUM_CLASSES, NUM_CONDITIONS
-from facemogle.latents import encode_images
-from facemogle.masks import condition_images
+from facemogle.condition_tokens import MaskLatents, encode_blank, encode_in_chunks, encode_mask_latents
+from facemogle.files import atomic_save_safetensors, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: photos and masks encoded in separate VAE passes (facemogle.condition_tokens)
 MANIFEST_NAME = "manifest.json"
 BLANK_NAME = "blank.safetensors"
 #: Caches up to this size are loaded into memory when opened (else read lazily, row by row).
@@ -200,58 +199,7 @@ def encode_texts(pipe, sentences: list[str], batch_size: int, max_sequence_lengt
     return torch.cat(prompt_embeds)[: len(sentences)], torch.cat(pooled)[: len(sentences)]
 
 
-@torch.no_grad()
-def encode_blank_local(vae, resolution: int, chunk_size: int = 1) -> torch.Tensor:
-    """Tokens (N, D) of an all-black local mask image (absent class, or a dropped local mask)."""
-    black = torch.zeros(1, 3, resolution, resolution, dtype=torch.uint8)
-    return encode_fixed_chunks(vae, black, chunk_size)[0]
-
-
-@torch.no_grad()
-def encode_fixed_chunks(vae, images: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """``encode_images`` of (B, 3, R, R) images in chunks of exactly ``chunk_size`` (the last one
-    zero-padded): one batch shape for the whole cache, so CPU kernels are prepared once instead of
-    once per remainder size. Each image's tokens do not depend on the others. Returns (B, N, D) on CPU."""
-    count = len(images)
-    padded = (count + chunk_size - 1) // chunk_size * chunk_size
-    if padded != count:
-        images = torch.cat([images, images.new_zeros(padded - count, *images.shape[1:])])
-    tokens = torch.cat([encode_images(vae, chunk).cpu() for chunk in images.split(chunk_size)])
-    return tokens[:count]
-
-
-@torch.no_grad()
-def encode_sample_images(vae, images: torch.Tensor, ids: np.ndarray, chunk_size: int):
-    """Image and mask latents of S samples, encoding only the global mask and the present classes.
-
-    Args:
-        images: (S, 3, R, R) uint8 photos. ids: (S, R, R) official ids.
-
-    Returns:
-        image_tokens (S, N, D), global_tokens (S, N, D), local_present (S, C) bool, local_tokens
-        (K, N, D) for the present classes in (sample, class) order (K = local_present.sum()).
-    """
-    conditions = condition_images(ids)  # (S, E, 3, R, R) uint8
-    present = torch.stack([torch.from_numpy(np.bincount(m.ravel(), minlength=NUM_CLASSES) > 0) for m in ids])
-    local_images = conditions[:, 1:][present]  # (K, 3, R, R)
-    count = len(images)
-    tokens = encode_fixed_chunks(vae, torch.cat([images, conditions[:, 0], local_images]), chunk_size)
-    return tokens[:count], tokens[count : 2 * count], present, tokens[2 * count :]
-
-
 # ----------------------------------------------------------------------------------- building
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _shard_is_complete(path: Path, keys: tuple[str, ...]) -> bool:
@@ -324,13 +272,16 @@ def build_cache(
     bar = tqdm(total=total, desc=f"caching latents ({directory.name[:8]})", unit="item",
                disable=not progress or process_index != 0 or total == 0)
 
+    # every absent class and dropped local mask is the blank map: encoded once, by each process
+    blank = encode_blank(pipe.vae, settings.resolution, settings.resolution, settings.encode_batch_size,
+                         fixed_shape=True).cpu()  # (N, D)
     for kind, k, name in todo:
         first, last = k * size, min((k + 1) * size, len(records) if kind == "samples" else len(sentences))
         if kind == "texts":
             embeds, pooled = encode_texts(pipe, sentences[first:last], settings.encode_batch_size,
                                           settings.max_sequence_length)
-            _atomic_save({"prompt_embeds": embeds.to(store_dtype), "pooled_prompt_embeds": pooled.to(store_dtype)},
-                         directory / name)
+            atomic_save_safetensors(directory / name, {"prompt_embeds": embeds.to(store_dtype),
+                                                       "pooled_prompt_embeds": pooled.to(store_dtype)})
             stats["computed_sentences"] += last - first
         else:
             subset = torch.utils.data.Subset(faces, range(first, last))
@@ -340,22 +291,25 @@ def build_cache(
             for image_batch, mask_batch in loader:
                 images.append(image_batch)
                 masks.append(mask_batch)
-            image_tokens, global_tokens, present, local_tokens = encode_sample_images(
-                pipe.vae, torch.cat(images), torch.cat(masks).numpy(), settings.encode_batch_size)
+            chunk = settings.encode_batch_size
+            image_tokens = encode_in_chunks(pipe.vae, torch.cat(images), chunk, fixed_shape=True).cpu()  # (S, N, D)
+            mask_latents = encode_mask_latents(pipe.vae, torch.cat(masks).numpy(), blank_tokens=blank,
+                                               chunk_size=chunk, fixed_shape=True)
+            present = mask_latents.local_present  # (S, C)
             local_counts = present.sum(dim=1)
             caption_lists = [[sentence_index[s] for s in records[i].captions[: settings.captions_per_sample]]
                              for i in range(first, last)]
             caption_counts = torch.tensor([len(c) for c in caption_lists], dtype=torch.int64)
             tensors = {
                 "image_tokens": image_tokens.to(store_dtype),
-                "global_tokens": global_tokens.to(store_dtype),
+                "global_tokens": mask_latents.global_tokens.cpu().to(store_dtype),
                 "local_present": present.to(torch.uint8),
                 "local_offsets": torch.cat([torch.zeros(1, dtype=torch.int64), local_counts.cumsum(0)]),
-                "local_tokens": local_tokens.to(store_dtype),
+                "local_tokens": mask_latents.local_tokens.cpu().to(store_dtype),
                 "caption_offsets": torch.cat([torch.zeros(1, dtype=torch.int64), caption_counts.cumsum(0)]),
                 "caption_ids": torch.tensor([i for c in caption_lists for i in c], dtype=torch.int64),
             }
-            _atomic_save(tensors, directory / name, metadata={"stems": json.dumps([r.stem for r in records[first:last]])})
+            atomic_save_safetensors(directory / name, tensors, metadata={"stems": json.dumps([r.stem for r in records[first:last]])})
             stats["computed_samples"] += last - first
         bar.update(last - first)
     bar.close()
@@ -364,10 +318,9 @@ def build_cache(
     if process_index == 0:
         if not _shard_is_complete(directory / BLANK_NAME, BLANK_KEYS):
             empty_embeds, empty_pooled = encode_texts(pipe, [""], settings.encode_batch_size, settings.max_sequence_length)
-            blank = encode_blank_local(pipe.vae, settings.resolution, settings.encode_batch_size)
-            _atomic_save({"blank_local_tokens": blank.to(store_dtype),
-                          "empty_prompt_embeds": empty_embeds[0].to(store_dtype),
-                          "empty_pooled_prompt_embeds": empty_pooled[0].to(store_dtype)}, directory / BLANK_NAME)
+            atomic_save_safetensors(directory / BLANK_NAME, {"blank_local_tokens": blank.to(store_dtype),
+                                                             "empty_prompt_embeds": empty_embeds[0].to(store_dtype),
+                                                             "empty_pooled_prompt_embeds": empty_pooled[0].to(store_dtype)})
         manifest = {
             "version": CACHE_FORMAT_VERSION,
             "key": key,
@@ -382,7 +335,7 @@ def build_cache(
             "num_local": NUM_CLASSES,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        _atomic_write_text(json.dumps(manifest, indent=1) + "\n", directory / MANIFEST_NAME)
+        atomic_write_text(directory / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
     barrier()
     stats["seconds"] = time.perf_counter() - started
     cache = LatentCache(directory)
@@ -478,12 +431,9 @@ class LatentCache:
     def condition_tokens(self, sample: dict[str, torch.Tensor], dropped: torch.Tensor | None = None) -> torch.Tensor:
         """The (E, N, D) MoGLE input of a cached sample: global, then one map per class; absent and
         ``dropped`` (C,) local masks get the blank latents."""
-        present = sample["local_present"]
-        tokens = self.blank_local_tokens.expand(self.num_local, *self.token_shape).clone()  # (C, N, D)
-        tokens[present] = sample["local_tokens"]
-        if dropped is not None:
-            tokens[dropped] = self.blank_local_tokens
-        return torch.cat([sample["global_tokens"][None], tokens])  # (E, N, D)
+        latents = MaskLatents(global_tokens=sample["global_tokens"][None], local_present=sample["local_present"][None],
+                              local_tokens=sample["local_tokens"], blank_tokens=self.blank_local_tokens)
+        return latents.dense(None if dropped is None else dropped[None])[0]  # (E, N, D)
 
     def text(self, sentence: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(prompt_embeds (L, Dt), pooled (P,)) of sentence ``sentence`` of ``self.sentences``."""
