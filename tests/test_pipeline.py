@@ -167,7 +167,13 @@ def test_masks_are_encoded_once_per_call(tiny_pipe, mask_27000, monkeypatch):
 
     monkeypatch.setattr(tiny_pipe.vae, "encode", counting)
     tiny_pipe(mask=mask_27000, prompt=["a", "b"], num_images_per_prompt=2, seed=0, num_inference_steps=3, output_type="latent")
-    assert sum(calls) == 20  # one mask -> 20 condition images, whatever the steps and images
+    # one mask -> its colour map, one map per class present, and the blank map shared by the absent
+    # classes: once per call, whatever the steps and images
+    present = len(np.unique(tiny_pipe.mask_ids(mask_27000, 64, 64)))
+    assert 2 <= present < 19 and sum(calls) == 1 + present + 1
+    calls.clear()
+    tiny_pipe(mask=mask_27000, mask_guidance_scale=2.0, seed=0, num_inference_steps=2, output_type="latent")
+    assert sum(calls) == 1 + present + 1 + 2  # + the empty mask: its colour map and its one class (background)
 
 
 @pytest.mark.parametrize(

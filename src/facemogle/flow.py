@@ -1,4 +1,5 @@
-"""Rectified flow: timestep sampling, noisy latents, velocity target and loss (METHOD.md section 5).
+"""Rectified flow: timestep sampling, noisy latents, velocity target, loss and per-t buckets
+(METHOD.md section 5). The training maths lives here and nowhere else.
 
 Model-agnostic: the functions take plain tensors of any shape ``(B, ...)``::
 
@@ -6,6 +7,13 @@ Model-agnostic: the functions take plain tensors of any shape ``(B, ...)``::
     x_t    = noisy_latents(x_0, noise, t)        # (1 - t) x_0 + t noise
     target = velocity_target(x_0, noise)         # noise - x_0
     loss   = RectifiedFlowLoss()(pred, target)   # mean squared error
+
+:class:`RectifiedFlow` bundles them as one small object (the way minRF does), which the sample
+stream (t) and the trainer (x_t, target, loss, buckets) call::
+
+    flow = RectifiedFlow()
+    x_t, target = flow.training_pair(x_0, noise, t)
+    loss, per_sample = flow.loss(model(x_t, t, ...), target)
 
 t = 0 is the clean latent and t = 1 pure noise; the transformer sees ``1000 t`` and MoGLE sees
 ``t`` itself (facemogle.mogle).
@@ -86,3 +94,34 @@ class RectifiedFlowLoss(nn.Module):
         if return_per_sample:
             return loss, squared_error.flatten(start_dim=1).mean(dim=1)  # (), (B,)
         return loss
+
+
+class RectifiedFlow:
+    """The rectified-flow training objective as one object: what to draw, what to predict, how to
+    score it, and how to bucket the per-sample losses by t for the training log."""
+
+    def __init__(self):
+        self.criterion = RectifiedFlowLoss()
+
+    def sample_timesteps(self, batch_size: int, generator: torch.Generator | None = None,
+                         device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(B,) logit-normal t in (0, 1): :func:`sample_timesteps`."""
+        return sample_timesteps(batch_size, generator=generator, device=device, dtype=dtype)
+
+    def training_pair(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_t, target)``: the model's input at t and the velocity it must predict, (B, ...) each."""
+        return noisy_latents(x0, noise, t), velocity_target(x0, noise)
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, per_sample)``: the scalar MSE (float32) and the (B,) per-sample means."""
+        return self.criterion(pred, target, return_per_sample=True)
+
+    @staticmethod
+    def bucket_edges(num_buckets: int) -> torch.Tensor:
+        """(K + 1,) edges of ``num_buckets`` equal t ranges over [0, 1]."""
+        return torch.linspace(0, 1, num_buckets + 1)
+
+    @staticmethod
+    def bucket(t: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+        """(B,) index in 0..K-1 of the t range of each t (edges from :meth:`bucket_edges`)."""
+        return torch.bucketize(t, edges[1:-1], right=True)

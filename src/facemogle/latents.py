@@ -100,8 +100,10 @@ def encode_condition_images(vae, condition_images: torch.Tensor, *, chunk_size: 
 
 @torch.no_grad()
 def decode_tokens(vae, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Packed tokens (B, N, 4C) of an H x W image -> decoded images (B, 3, H, W) in [-1, 1] (unclamped)."""
+    """Packed tokens (B, N, 4C) of an H x W image -> decoded images (B, 3, H, W) in [-1, 1] (unclamped).
+
+    The image decoder of the project: the pipeline and every tool that shows latents call it. The
+    tokens stay on their device (offloading hooks move the VAE there); they take the VAE's dtype."""
     f = vae_downsample_factor(vae)
     latents = denormalise_latents(vae, unpack_latents(tokens, height // f, width // f))
-    param = next(vae.parameters())
-    return vae.decode(latents.to(device=param.device, dtype=param.dtype), return_dict=False)[0]
+    return vae.decode(latents.to(vae.dtype), return_dict=False)[0]

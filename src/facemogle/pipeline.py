@@ -5,14 +5,16 @@ Euler scheduler with FLUX's dynamic shift, VAE decoding, offloading, LoRA loadin
 component, :class:`facemogle.mogle.MoGLE`, and a denoising loop that feeds its output to the
 transformer's condition stream (:mod:`facemogle.condition`). Steps of one call:
 
-1. ``encode_prompt``  - CLIP pooled + T5 sequence embeddings (FLUX's, unchanged).
-2. ``encode_masks``   - each distinct mask -> 20 condition images -> VAE posterior means ->
-                        (M, 20, N, 64) tokens, once per call, in batched VAE calls.
+0. ``check_inputs``    - every argument, before any model runs.
+1. ``encode_prompt``   - CLIP pooled + T5 sequence embeddings (FLUX's, unchanged).
+2. ``encode_masks``    - each given mask -> 20 condition images -> VAE posterior means ->
+                         (M, 20, N, 64) tokens, once per call (:mod:`facemogle.condition_tokens`).
 3. ``prepare_latents`` - initial noise, one generator per image (FluxPipeline's convention, so an
-                        image depends only on its own seed, never on the rest of the batch).
-4. denoising loop     - per step: MoGLE(condition tokens, x_t, t in (0, 1)) -> condition tokens
-                        -> transformer(x_t, condition) -> Euler step.
-5. decode             - VAE decode and post-process to PIL / numpy / torch.
+                         image depends only on its own seed, never on the rest of the batch).
+4. denoise            - :func:`facemogle.sampling.denoise`: per step MoGLE(condition tokens, x_t,
+                         t in (0, 1)) -> transformer(x_t, condition) -> Euler step, with optional
+                         mask guidance and the per-step hook point (:class:`facemogle.sampling.StepHook`).
+5. ``decode_latents``  - VAE decode and post-process to PIL / numpy / torch.
 
 Text-only generation uses an empty mask (all background); mask-only uses the empty prompt.
 """
@@ -20,6 +22,7 @@ Text-only generation uses an empty mask (all background); mask-only uses the emp
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -30,21 +33,17 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import FluxPipeline
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from facemogle.condition import (
-    CONDITION_ADAPTER_NAME,
-    LORA_WEIGHT_NAME,
-    condition_forward,
-    load_condition_lora,
-    save_condition_lora,
-)
+from facemogle.condition import CONDITION_ADAPTER_NAME, load_condition_lora, save_condition_lora
+from facemogle.condition_tokens import MaskLatents, encode_mask_latents
 from facemogle.errors import InputError
-from facemogle.latents import encode_condition_images, latent_image_ids, unpack_latents, denormalise_latents
-from facemogle.masks import check_size, condition_images, load_mask, resize_mask
+from facemogle.files import LORA_WEIGHT_NAME
+from facemogle.latents import decode_tokens, latent_image_ids, pack_latents
+from facemogle.masks import check_size, load_mask, resize_mask
 from facemogle.mogle import MoGLE
+from facemogle.sampling import Conditioning, StepHook, StepState, denoise, flux_timesteps, guided_prediction, with_empty_mask
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +132,7 @@ class FaceMoGLEPipeline(FluxPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->vae->mogle->transformer"
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "noise_pred", "condition_tokens", "gate_weights"]
     _optional_components = ["image_encoder", "feature_extractor"]
 
     def __init__(
@@ -263,10 +263,41 @@ class FaceMoGLEPipeline(FluxPipeline):
     @torch.no_grad()
     def encode_masks(self, masks: list[MaskInput], height: int, width: int, order: str = "official") -> torch.Tensor:
         """Masks -> MoGLE input tokens (M, E, N, 64), E = NUM_CONDITIONS, deterministic (posterior mean)."""
+        return self.encode_mask_latents(masks, height, width, order).dense()
+
+    def encode_mask_latents(self, masks: list[MaskInput], height: int, width: int, order: str = "official") -> MaskLatents:
+        """Masks -> :class:`facemogle.condition_tokens.MaskLatents` (global maps and present classes
+        encoded in batched VAE calls, the blank map once)."""
         ids = np.stack([self.mask_ids(m, height, width, order) for m in masks])  # (M, H, W)
-        images = condition_images(ids)  # (M, E, 3, H, W) uint8
         _onload(self.vae)
-        return encode_condition_images(self.vae, images, chunk_size=VAE_CHUNK)
+        return encode_mask_latents(self.vae, ids, chunk_size=VAE_CHUNK)
+
+    def prepare_latents(self, count: int, height: int, width: int, dtype: torch.dtype, device: torch.device,
+                        generators: list[torch.Generator] | None, latents: torch.Tensor | None = None):
+        """Initial noise (count, N, 64) and the tokens' rotary ids (N, 3).
+
+        Noise follows ``FluxPipeline``'s convention: ``randn((1, C, H/8, W/8), generator)`` per
+        image, packed into 2x2 patches (:func:`facemogle.latents.pack_latents`), so an image
+        depends on its own generator only. Given ``latents`` are checked and used as they are.
+        """
+        channels = self.transformer.config.in_channels // 4
+        latent_h, latent_w = 2 * (height // self.size_multiple), 2 * (width // self.size_multiple)
+        image_ids = latent_image_ids(latent_h, latent_w, device=device, dtype=dtype)  # (N, 3)
+        if latents is None:
+            noise = randn_tensor((count, channels, latent_h, latent_w), generator=generators, device=device, dtype=dtype)
+            return pack_latents(noise), image_ids  # (B, N, 64)
+        latents = latents.to(device=device, dtype=dtype)
+        if latents.shape != (count, len(image_ids), channels * 4):
+            raise InputError(f"latents of shape {tuple(latents.shape)} do not fit {count} images of {height}x{width}")
+        return latents, image_ids
+
+    def decode_latents(self, latents: torch.Tensor, height: int, width: int, output_type: str):
+        """Packed latents (B, N, 64) -> images as ``output_type`` ("latent" returns them unchanged)."""
+        if output_type == "latent":
+            return latents
+        _onload(self.vae)
+        decoded = decode_tokens(self.vae, latents, height, width)  # (B, 3, H, W) in [-1, 1]
+        return self.image_processor.postprocess(decoded, output_type=output_type)
 
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -290,6 +321,7 @@ class FaceMoGLEPipeline(FluxPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        step_hooks: Sequence[StepHook] = (),
     ):
         r"""Generate faces.
 
@@ -316,140 +348,116 @@ class FaceMoGLEPipeline(FluxPipeline):
             latents: optional initial noise (B, N, 64).
             mask_order: ``"official"`` or ``"bisenet"`` label order of id masks.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+            callback_on_step_end: diffusers' per-step callback ``(pipe, i, t, tensors) -> dict``;
+                ``tensors`` holds the names in ``callback_on_step_end_tensor_inputs`` among
+                ``latents``, ``prompt_embeds``, ``noise_pred``, ``condition_tokens`` (MoGLE's output)
+                and ``gate_weights`` (B, N, A); with mask guidance, those of the images' own masks.
+                A returned ``{"latents": ...}`` replaces the latents.
+            step_hooks: :class:`facemogle.sampling.StepHook` objects run at every step (after the
+                callback), the hook point for features that change the denoising loop.
 
         Returns:
             :class:`FaceMoGLEPipelineOutput` (or a tuple when ``return_dict=False``).
         """
-        if num_inference_steps is None:
-            num_inference_steps = self.default_num_inference_steps
-        if max_sequence_length is None:
-            max_sequence_length = self.default_max_sequence_length
-        if guidance_scale is None:
-            guidance_scale = self.default_guidance_scale
-        if mask_guidance_scale is None:
-            mask_guidance_scale = self.default_mask_guidance_scale
+        # 0. defaults and checks (nothing is computed before the inputs are known to be valid)
+        num_inference_steps = self.default_num_inference_steps if num_inference_steps is None else num_inference_steps
+        max_sequence_length = self.default_max_sequence_length if max_sequence_length is None else max_sequence_length
+        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        mask_guidance_scale = self.default_mask_guidance_scale if mask_guidance_scale is None else mask_guidance_scale
         height = int(height or self.default_sample_size * self.vae_scale_factor)
         width = int(width or self.default_sample_size * self.vae_scale_factor)
         if output_type not in ("pil", "np", "pt", "latent"):
             raise InputError(f"output_type must be pil, np, pt or latent, got {output_type!r}")
         masks = _as_list(mask, None)
-        prompts = _as_list(prompt, "")
-        prompts = ["" if p is None else p for p in prompts]
+        prompts = ["" if p is None else p for p in _as_list(prompt, "")]
         pairs = _broadcast(masks, prompts)
         self.check_inputs(prompts, height, width, num_inference_steps, num_images_per_prompt, max_sequence_length)
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise InputError(f"callback_on_step_end_tensor_inputs: unknown names {sorted(unknown)} "
+                             f"(known: {', '.join(self._callback_tensor_inputs)})")
         total = pairs * num_images_per_prompt
+        generators = _generators(seed, generator, total)
         device = self._execution_device
         self._guidance_scale = guidance_scale
         self._interrupt = False
+        per_image = lambda items: [i if len(items) > 1 else 0 for i in range(pairs) for _ in range(num_images_per_prompt)]  # noqa: E731
 
-        # 1. text: one embedding per distinct prompt, then indexed per image
-        prompt_index = [i if len(prompts) > 1 else 0 for i in range(pairs) for _ in range(num_images_per_prompt)]
+        # 1. encode prompt: once per given prompt, then indexed per image
         prompt_embeds, pooled_prompt_embeds, text_ids = self.encode_prompt(
             prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=1, max_sequence_length=max_sequence_length
         )
-        prompt_embeds = prompt_embeds[prompt_index]  # (B, L, D)
-        pooled_prompt_embeds = pooled_prompt_embeds[prompt_index]  # (B, P)
+        prompt_embeds = prompt_embeds[per_image(prompts)]  # (B, L, D)
+        pooled_prompt_embeds = pooled_prompt_embeds[per_image(prompts)]  # (B, P)
 
-        # 2. masks: encoded once per call
-        mask_index = [i if len(masks) > 1 else 0 for i in range(pairs) for _ in range(num_images_per_prompt)]
-        condition_tokens = self.encode_masks(masks, height, width, mask_order)  # (M, E, N, 64)
-        condition_tokens = condition_tokens[mask_index].to(device)  # (B, E, N, 64)
+        # 2. encode masks: once per call (with the empty mask, when mask guidance needs it)
         mask_guided = mask_guidance_scale != 1.0 and any(m is not None for m in masks)
-        self._mask_guided = mask_guided  # the batch holds (mask, empty mask) halves; read by gate recorders
-        if mask_guided:  # the empty mask's tokens, for the unconditional half of the batch
-            empty = self.encode_masks([None], height, width).to(device)  # (1, E, N, 64)
-            condition_tokens = torch.cat([condition_tokens, empty.expand_as(condition_tokens)])  # (2B, E, N, 64)
+        encoded = self.encode_mask_latents(masks + [None] * mask_guided, height, width, mask_order).dense().to(device)
+        condition_latents = encoded[: len(masks)][per_image(masks)]  # (B, E, N, 64)
 
-        # 3. initial noise, one generator per image
-        if seed is not None:
-            if generator is not None:
-                raise InputError("give either seed or generator, not both")
-            generator = generators_for_seeds(seed, total)
-        elif isinstance(generator, torch.Generator) and total > 1:
-            draws = torch.randint(0, 2**62, (total,), generator=generator).tolist()
-            generator = generators_for_seeds(draws, total, generator.device)
-        elif isinstance(generator, list) and len(generator) != total:
-            raise InputError(f"got {len(generator)} generators for {total} images")
-        num_channels_latents = self.transformer.config.in_channels // 4
-        latent_h = 2 * (height // self.size_multiple)
-        latent_w = 2 * (width // self.size_multiple)
-        if latents is None:
-            latents = randn_tensor((total, num_channels_latents, latent_h, latent_w), generator=generator, device=device, dtype=prompt_embeds.dtype)
-            latents = self._pack_latents(latents, total, num_channels_latents, latent_h, latent_w)  # (B, N, 64)
-        else:
-            latents = latents.to(device=device, dtype=prompt_embeds.dtype)
-            if latents.shape != (total, condition_tokens.shape[2], num_channels_latents * 4):
-                raise InputError(f"latents of shape {tuple(latents.shape)} do not fit {total} images of {height}x{width}")
-        image_ids = latent_image_ids(latent_h, latent_w, device=device, dtype=prompt_embeds.dtype)  # (N, 3)
+        # 3. prepare latents
+        latents, image_ids = self.prepare_latents(total, height, width, prompt_embeds.dtype, device, generators, latents)
 
-        # 4. timesteps: FLUX's dynamic shift
-        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
-        mu = calculate_shift(
-            latents.shape[1],
-            self.scheduler.config.get("base_image_seq_len", 256),
-            self.scheduler.config.get("max_image_seq_len", 4096),
-            self.scheduler.config.get("base_shift", 0.5),
-            self.scheduler.config.get("max_shift", 1.15),
-        )
-        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, sigmas=sigmas, mu=mu)
+        # 4. denoise
+        timesteps = flux_timesteps(self.scheduler, num_inference_steps, latents.shape[1], device)
         self._num_timesteps = len(timesteps)
-        self.scheduler.set_begin_index(0)
-        num_train_timesteps = self.scheduler.config.num_train_timesteps
-        copies = 2 if mask_guided else 1  # the transformer's batch: (mask, empty mask) halves
         guidance = None
         if self.transformer.config.guidance_embeds:
-            guidance = torch.full((copies * total,), guidance_scale, device=device, dtype=torch.float32)
-        model_prompt_embeds = prompt_embeds.repeat(copies, 1, 1)  # (copies * B, L, D)
-        model_pooled_prompt_embeds = pooled_prompt_embeds.repeat(copies, 1)  # (copies * B, P)
-
-        # 5. denoising loop
+            guidance = torch.full((total,), guidance_scale, device=device, dtype=torch.float32)
+        conditioning = Conditioning(condition_latents, prompt_embeds, pooled_prompt_embeds, image_ids, text_ids, guidance)
+        if mask_guided:
+            conditioning = with_empty_mask(conditioning, encoded[len(masks):])  # (2B) batch: own masks, empty mask
+        predict = functools.partial(guided_prediction, self.transformer, self.mogle, conditioning=conditioning,
+                                    mask_guidance_scale=mask_guidance_scale if mask_guided else 1.0)
+        hooks = [_CallbackHook(self, callback_on_step_end, callback_on_step_end_tensor_inputs, prompt_embeds),
+                 *step_hooks]
         _onload(self.mogle)
         _onload(self.transformer)
-        mogle_dtype = self.mogle.dtype
-        with self.progress_bar(total=num_inference_steps) as progress_bar:
-            for i, t in enumerate(timesteps):
-                if self.interrupt:
-                    continue
-                self._current_timestep = t
-                model_latents = latents.repeat(copies, 1, 1)  # (copies * B, N, 64)
-                t_unit = (t / num_train_timesteps).expand(copies * total).to(latents.dtype)  # in (0, 1]
-                tokens = self.mogle(
-                    condition_tokens.to(mogle_dtype), model_latents.to(mogle_dtype), t_unit.to(mogle_dtype)
-                ).to(latents.dtype)  # (copies * B, N, 64)
-                noise_pred = condition_forward(
-                    self.transformer,
-                    hidden_states=model_latents,
-                    condition_tokens=tokens,
-                    encoder_hidden_states=model_prompt_embeds,
-                    pooled_projections=model_pooled_prompt_embeds,
-                    timestep=t_unit,
-                    img_ids=image_ids,
-                    txt_ids=text_ids,
-                    guidance=guidance,
-                )
-                if mask_guided:
-                    with_mask, empty_mask = noise_pred.chunk(2)
-                    noise_pred = empty_mask + mask_guidance_scale * (with_mask - empty_mask)  # (B, N, 64)
-                latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
-                if callback_on_step_end is not None:
-                    local = {"latents": latents, "prompt_embeds": prompt_embeds, "noise_pred": noise_pred, "condition_tokens": tokens}
-                    out = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
-                    latents = (out or {}).get("latents", latents)
-                progress_bar.update()
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            latents = denoise(predict, self.scheduler, latents, timesteps, hooks=hooks,
+                              progress_bar=progress_bar, interrupted=lambda: self.interrupt)
         self._current_timestep = None
 
-        # 6. decode
-        if output_type == "latent":
-            images = latents
-        else:
-            _onload(self.vae)
-            unpacked = denormalise_latents(self.vae, unpack_latents(latents, latent_h, latent_w))
-            decoded = self.vae.decode(unpacked.to(self.vae.dtype), return_dict=False)[0]
-            images = self.image_processor.postprocess(decoded, output_type=output_type)
+        # 5. decode
+        images = self.decode_latents(latents, height, width, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
         return FaceMoGLEPipelineOutput(images=images)
+
+
+class _CallbackHook(StepHook):
+    """diffusers' per-step pipeline state (``pipe.current_timestep``) and ``callback_on_step_end``
+    (if given) as a :class:`facemogle.sampling.StepHook`."""
+
+    def __init__(self, pipe, callback, names: Sequence[str], prompt_embeds: torch.Tensor):
+        self.pipe, self.callback, self.names, self.prompt_embeds = pipe, callback, names, prompt_embeds
+
+    def before_prediction(self, state: StepState) -> None:
+        self.pipe._current_timestep = state.timestep
+
+    def after_step(self, state: StepState) -> None:
+        if self.callback is None:
+            return
+        tensors = {"latents": state.latents, "prompt_embeds": self.prompt_embeds,
+                   "noise_pred": state.prediction.velocity, "condition_tokens": state.prediction.condition_tokens,
+                   "gate_weights": state.prediction.gate_weights}
+        out = self.callback(self.pipe, state.index, state.timestep, {k: tensors[k] for k in self.names})
+        state.latents = (out or {}).get("latents", state.latents)
+
+
+def _generators(seed, generator, total: int) -> list[torch.Generator] | torch.Generator | None:
+    """One generator per image from ``seed`` (int or list) or ``generator`` (one, or one per image)."""
+    if seed is not None:
+        if generator is not None:
+            raise InputError("give either seed or generator, not both")
+        return generators_for_seeds(seed, total)
+    if isinstance(generator, torch.Generator) and total > 1:
+        draws = torch.randint(0, 2**62, (total,), generator=generator).tolist()
+        return generators_for_seeds(draws, total, generator.device)
+    if isinstance(generator, list) and len(generator) != total:
+        raise InputError(f"got {len(generator)} generators for {total} images")
+    return generator
 
 
 class _TruncationNotices(logging.Filter):

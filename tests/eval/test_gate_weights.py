@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from facemogle.errors import InputError
-from facemogle.eval.gate_weights import GateStep, gate_weights_svg, record_gate_weights
+from facemogle.eval.gate_weights import GateRecorder, GateStep, gate_weights_svg
 from facemogle.mogle import MoGLE
 
 
@@ -20,9 +20,10 @@ def pipe():
 
 
 def test_one_step_per_denoising_step_with_weights_that_sum_to_one(pipe, example_mask_ids):
-    with record_gate_weights(pipe) as steps:
-        pipe(mask=example_mask_ids, prompt="a face", num_inference_steps=3, height=64, width=64, seed=0,
-             output_type="latent")
+    recorder = GateRecorder(pipe.mogle)
+    pipe(mask=example_mask_ids, prompt="a face", num_inference_steps=3, height=64, width=64, seed=0,
+         output_type="latent", step_hooks=[recorder])
+    steps = recorder.steps
     assert len(steps) == 3
     assert steps[0].expert_names[0] == "global" and steps[0].expert_names[1] == "background"
     assert len(steps[0].mean_weights) == 20
@@ -30,19 +31,36 @@ def test_one_step_per_denoising_step_with_weights_that_sum_to_one(pipe, example_
         assert step.global_weight + step.local_weight == pytest.approx(1.0, abs=1e-5)
         assert 0 < step.global_weight < 1
     assert steps[0].timestep > steps[-1].timestep  # t goes from noise (1) towards data (0)
-    with torch.no_grad():  # the hook is gone after the block
-        pipe(mask=example_mask_ids, num_inference_steps=2, height=64, width=64, seed=0, output_type="latent")
-    assert len(steps) == 3
+    pipe(mask=example_mask_ids, num_inference_steps=2, height=64, width=64, seed=0, output_type="latent")
+    assert len(steps) == 3  # only the calls it is given to
 
 
-def test_the_recorded_weights_are_the_gate_output(pipe):
-    mogle = pipe.mogle
-    tokens = torch.randn(1, 20, 16, mogle.config.token_dim)
-    noisy = torch.randn(1, 16, mogle.config.token_dim)
-    with record_gate_weights(pipe) as steps:
-        _, weights = mogle(tokens, noisy, torch.tensor([0.3]), return_gate_weights=True)
-    torch.testing.assert_close(torch.tensor(steps[0].mean_weights), weights.mean(dim=(0, 1)))
-    assert steps[0].timestep == pytest.approx(0.3)
+def test_the_recorded_weights_are_the_gate_output(pipe, example_mask_ids):
+    """The weights the gate applied at each step, whether read as a step hook or as diffusers' callback."""
+    seen = []
+    mogle_forward = pipe.mogle.forward
+
+    def spy(condition_tokens, noisy_tokens, timestep, **kwargs):
+        out = mogle_forward(condition_tokens, noisy_tokens, timestep, **kwargs)
+        _, weights = mogle_forward(condition_tokens, noisy_tokens, timestep, return_gate_weights=True)
+        seen.append((float(timestep.reshape(-1)[0]), weights.mean(dim=(0, 1))))
+        return out
+
+    hook, callback = GateRecorder(pipe.mogle), GateRecorder(pipe.mogle)
+    pipe.mogle.forward = spy
+    try:
+        pipe(mask=example_mask_ids, num_inference_steps=2, height=64, width=64, seed=0, output_type="latent",
+             step_hooks=[hook], callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["gate_weights"])
+    finally:
+        pipe.mogle.forward = mogle_forward
+    assert len(seen) == len(hook.steps) == len(callback.steps) == 2
+    for (t, weights), a, b in zip(seen, hook.steps, callback.steps):
+        torch.testing.assert_close(torch.tensor(a.mean_weights), weights)
+        assert a.mean_weights == b.mean_weights
+        assert a.timestep == pytest.approx(t) and b.timestep == pytest.approx(t)
+    assert seen[0][0] > seen[1][0]
+    with pytest.raises(InputError, match="gate_weights"):
+        callback(pipe, 0, torch.tensor(500.0), {"latents": torch.zeros(1)})
 
 
 def test_a_mogle_without_gate_is_refused():
@@ -50,8 +68,7 @@ def test_a_mogle_without_gate_is_refused():
         mogle = MoGLE(token_dim=64, gate_hidden_dim=64, gating_mode="none")
 
     with pytest.raises(InputError, match="no gate"):
-        with record_gate_weights(Pipe()):
-            pass
+        GateRecorder(Pipe().mogle)
 
 
 def test_svg_plot_has_both_curves():
@@ -68,10 +85,10 @@ def test_svg_plot_has_both_curves():
 
 def test_mask_guided_calls_record_the_masked_half_only(pipe, example_mask_ids):
     call = dict(prompt="a face", num_inference_steps=2, height=64, width=64, seed=0, output_type="latent")
-    with record_gate_weights(pipe) as plain:
-        pipe(mask=example_mask_ids, **call)
-    with record_gate_weights(pipe) as guided:
-        pipe(mask=example_mask_ids, mask_guidance_scale=3.0, **call)
+    plain, guided = GateRecorder(pipe.mogle), GateRecorder(pipe.mogle)
+    pipe(mask=example_mask_ids, step_hooks=[plain], **call)
+    pipe(mask=example_mask_ids, mask_guidance_scale=3.0, step_hooks=[guided], **call)
+    plain, guided = plain.steps, guided.steps
     assert len(guided) == 2
     # step 1 sees the same noise and mask: the same gate weights as without guidance
     assert guided[0].mean_weights == pytest.approx(plain[0].mean_weights, abs=1e-6)

@@ -21,11 +21,13 @@ from safetensors.torch import load_file
 
 from facemogle.condition import LORA_WEIGHT_NAME
 from facemogle.errors import CheckpointError
-from facemogle.specs import OFFICIAL_MOGLE_NAME
+from facemogle.files import MOGLE_WEIGHT_NAME
 from facemogle.train import checkpoint as ckpt
 from facemogle.train.config import config_from_dict
 from facemogle.train.launch import cpu_train_command
-from facemogle.train.trainer import LOG_NAME, Trainer, TrainResult, discarded_condition_lora_parameters
+from facemogle.train.setup import TrainResult, discarded_condition_lora_parameters
+from facemogle.train.train_log import LOG_NAME
+from facemogle.train.trainer import Trainer
 
 from .conftest import RESOLUTION, single_thread_environment, tiny_config
 
@@ -42,7 +44,7 @@ SUBPROCESS_TIMEOUT = 240
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     """LoRA + MoGLE tensors of a checkpoint, as written in the official files."""
     lora = {f"lora.{k}": v for k, v in load_file(str(checkpoint / LORA_WEIGHT_NAME)).items()}
-    mogle = torch.load(checkpoint / OFFICIAL_MOGLE_NAME, weights_only=True)
+    mogle = torch.load(checkpoint / MOGLE_WEIGHT_NAME, weights_only=True)
     return {**lora, **{f"mogle.{k}": v for k, v in mogle.items()}}
 
 
@@ -200,8 +202,9 @@ def test_every_trainable_parameter_gets_a_gradient(synthetic_data, tmp_path):
     assert len(frozen) == 4 and not any(p.requires_grad for p in discarded_condition_lora_parameters(trainer.pipe.transformer))
     batch = next(iter(trainer.dataloader))
     img_ids, txt_ids = trainer.img_ids, torch.zeros(batch["prompt_embeds"].shape[1], 3)
-    pred = trainer.model(batch["image_tokens"], batch["condition_tokens"], batch["noise"], batch["timestep"],
-                         batch["prompt_embeds"], batch["pooled_prompt_embeds"], img_ids, txt_ids)
+    x_t, _ = trainer.flow.training_pair(batch["image_tokens"], batch["noise"], batch["timestep"])
+    pred = trainer.model(x_t, batch["timestep"], batch["condition_tokens"], batch["prompt_embeds"],
+                         batch["pooled_prompt_embeds"], img_ids, txt_ids)
     pred.square().mean().backward()
     assert not any(id(p) in frozen for p in trainer.trainable)
     assert all(p.grad is not None for p in trainer.trainable)  # (lora_A's is 0 while lora_B is 0 at init)
@@ -246,16 +249,16 @@ def test_training_starts_from_the_given_official_files(synthetic_data, tmp_path)
             parameter.data.normal_()
     save_condition_lora(source.transformer, tmp_path)
     torch.manual_seed(7)
-    MoGLE().save_official_checkpoint(tmp_path / OFFICIAL_MOGLE_NAME)
+    MoGLE().save_official_checkpoint(tmp_path / MOGLE_WEIGHT_NAME)
     config = tiny_config(synthetic_data, tmp_path / "out", model={
         "spec": "tiny-random", "init_lora": str(tmp_path / LORA_WEIGHT_NAME),
-        "init_mogle": str(tmp_path / OFFICIAL_MOGLE_NAME)})
+        "init_mogle": str(tmp_path / MOGLE_WEIGHT_NAME)})
     trainer = Trainer(config_from_dict(config), progress=False)
     trainer.setup()
     expected_lora = load_file(str(tmp_path / LORA_WEIGHT_NAME))
     loaded_lora = condition_lora_state_dict(trainer.pipe.transformer)
     assert all(torch.equal(loaded_lora[k], expected_lora[k]) for k in expected_lora)
-    expected_mogle = torch.load(tmp_path / OFFICIAL_MOGLE_NAME, weights_only=True)
+    expected_mogle = torch.load(tmp_path / MOGLE_WEIGHT_NAME, weights_only=True)
     assert all(torch.equal(trainer.pipe.mogle.state_dict()[k], v) for k, v in expected_mogle.items())
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from facemogle.errors import InputError
-from facemogle.flow import sample_timesteps
+from facemogle.flow import RectifiedFlow
 
 _TAG_EPOCH = 1
 _TAG_POSITION = 2
@@ -83,7 +83,7 @@ def draw_for_position(seed: int, position: int, token_shape: tuple[int, int], nu
     """Draw, in a fixed order from one generator seeded by ``(seed, position)``: t, noise, the
     text-dropout coin, the ``num_local`` mask-dropout coins, the caption index."""
     generator = torch.Generator().manual_seed(derive_seed(seed, _TAG_POSITION, position))
-    timestep = sample_timesteps(1, generator=generator)[0]  # ()
+    timestep = RectifiedFlow().sample_timesteps(1, generator=generator)[0]  # ()
     noise = torch.randn(token_shape, generator=generator)  # (N, D)
     text_coin = torch.rand(1, generator=generator)[0]
     local_coins = torch.rand(num_local, generator=generator)  # (C,)

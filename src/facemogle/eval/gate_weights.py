@@ -1,26 +1,29 @@
 """How the MoGLE gate splits its weight between the global and the local experts, step by step.
 
-``record_gate_weights(pipe)`` hooks the gate of ``pipe.mogle`` for the length of a ``with`` block;
-every denoising step adds one :class:`GateStep` (the step's t and the weights averaged over the
-batch and the tokens; with mask guidance, over the images' own masks only, not the empty-mask half). ``gate_weights_svg`` draws the global expert's weight and the summed
-weight of the local experts against the step index (a dependency-free SVG line plot):
+A :class:`GateRecorder` reads the gate weights the pipeline hands to its per-step hook point
+(:class:`facemogle.sampling.StepHook`, or diffusers' ``callback_on_step_end`` with the tensor
+input ``"gate_weights"``): every denoising step adds one :class:`GateStep` (the step's t and the
+weights averaged over the batch and the tokens; with mask guidance, over the images' own masks
+only, not the empty-mask half). ``gate_weights_svg`` draws the global expert's weight and the
+summed weight of the local experts against the step index (a dependency-free SVG line plot):
 
-    with record_gate_weights(pipe) as steps:
-        pipe(mask=..., prompt=..., num_inference_steps=20)
-    Path("gate.svg").write_text(gate_weights_svg(steps))
+    recorder = GateRecorder(pipe.mogle)
+    pipe(mask=..., prompt=..., num_inference_steps=20, step_hooks=[recorder])
+    # or: pipe(..., callback_on_step_end=recorder, callback_on_step_end_tensor_inputs=["gate_weights"])
+    Path("gate.svg").write_text(gate_weights_svg(recorder.steps))
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
 from facemogle.errors import InputError
 from facemogle.labels import CLASS_NAMES
 from facemogle.mogle import GLOBAL_INDEX
+from facemogle.sampling import StepHook, StepState
 
 
 @dataclass
@@ -50,27 +53,33 @@ def expert_names(mogle) -> tuple[str, ...]:
     return tuple("global" if i == GLOBAL_INDEX else CLASS_NAMES[i - 1] for i in mogle.expert_indices)
 
 
-@contextmanager
-def record_gate_weights(pipe) -> Iterator[list[GateStep]]:
-    """Collect a :class:`GateStep` per MoGLE gate call inside the block (the hook is always removed)."""
-    gate = getattr(pipe.mogle, "gating", None)
-    if gate is None:
-        raise InputError(f"this MoGLE has no gate (gating_mode={pipe.mogle.config.gating_mode!r})")
-    names = expert_names(pipe.mogle)
-    steps: list[GateStep] = []
+class GateRecorder(StepHook):
+    """Collects one :class:`GateStep` per denoising step of every pipeline call it is given to.
 
-    def hook(module, args, weights):  # weights: (B, N, A)
-        timestep = torch.as_tensor(args[2]).reshape(-1).float().mean().item()
-        if getattr(pipe, "_mask_guided", False):  # mask guidance: keep the masked half, not the empty mask's
-            weights = weights[: weights.shape[0] // 2]
+    Args:
+        mogle: the pipeline's MoGLE (for the expert names); one without a gate is refused.
+    """
+
+    def __init__(self, mogle):
+        if getattr(mogle, "gating", None) is None:
+            raise InputError(f"this MoGLE has no gate (gating_mode={mogle.config.gating_mode!r})")
+        self.names = expert_names(mogle)
+        self.steps: list[GateStep] = []
+
+    def add(self, timestep: float, weights: torch.Tensor) -> None:
+        """Record a step: t in (0, 1) and the gate weights (B, N, A)."""
         means = weights.detach().float().mean(dim=(0, 1))  # (A,)
-        steps.append(GateStep(timestep, names, tuple(means.tolist())))
+        self.steps.append(GateStep(float(timestep), self.names, tuple(means.tolist())))
 
-    handle = gate.register_forward_hook(hook)
-    try:
-        yield steps
-    finally:
-        handle.remove()
+    def after_step(self, state: StepState) -> None:
+        self.add(state.sigma, state.prediction.gate_weights)
+
+    def __call__(self, pipe, index: int, timestep, tensors: dict) -> dict:
+        """As diffusers' ``callback_on_step_end`` (needs the tensor input ``"gate_weights"``)."""
+        if "gate_weights" not in tensors:
+            raise InputError('GateRecorder as a callback needs callback_on_step_end_tensor_inputs=["gate_weights"]')
+        self.add(float(timestep) / pipe.scheduler.config.num_train_timesteps, tensors["gate_weights"])
+        return {}
 
 
 def gate_weights_svg(steps: Sequence[GateStep], *, title: str = "MoGLE gate weight per denoising step",

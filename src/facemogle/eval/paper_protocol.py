@@ -36,11 +36,11 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from facemogle import __version__
 from facemogle.errors import InputError
-from facemogle.eval.image_sets import IMAGE_EXTENSIONS, natural_key
+from facemogle.files import atomic_write, atomic_write_text, files_by_stem, natural_key
 
 #: The paper's inference setting (METHOD.md section 6).
 PAPER_NUM_STEPS = 28
@@ -253,10 +253,7 @@ def generation_manifest(protocol: Protocol, mode: GenerationMode, data_dir: Path
 
 
 def _existing_images(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        return {}
-    return {path.stem: path for path in folder.iterdir()
-            if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS}
+    return files_by_stem(folder) if folder.is_dir() else {}
 
 
 def prepare_mode_folder(folder: Path, manifest: dict, stems: list[str]) -> None:
@@ -286,14 +283,18 @@ def prepare_mode_folder(folder: Path, manifest: dict, stems: list[str]) -> None:
             "which would be evaluated too: use another --work-dir (or a larger --limit)"
         )
     (folder / GENERATED_FOLDER).mkdir(parents=True, exist_ok=True)
-    manifest_path.write_text(json.dumps({**manifest, "facemogle_version": __version__}, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(manifest_path, json.dumps({**manifest, "facemogle_version": __version__}, indent=2) + "\n")
 
 
 def generate_images(
     pipeline: Callable[[], object], images: list[ProtocolImage], mode: GenerationMode | str,
     generation: GenerationSettings, output_dir: str | os.PathLike, *, progress: bool = True,
+    step_hooks: Sequence = (),
 ) -> list[str]:
     """Generate ``output_dir/<id>.png`` for every image that has none yet; return the generated ids.
+
+    ``step_hooks``: :class:`facemogle.sampling.StepHook` objects given to every pipeline call
+    (e.g. a :class:`facemogle.eval.gate_weights.GateRecorder`).
 
     ``pipeline``: a callable returning the :class:`facemogle.pipeline.FaceMoGLEPipeline`, called only
     when something is left to generate. Images go in batches of ``generation.batch_size``, in the
@@ -329,12 +330,11 @@ def generate_images(
                 num_inference_steps=generation.steps,
                 guidance_scale=generation.guidance,
                 output_type="pil",
+                step_hooks=step_hooks,
             )
             for image, picture in zip(batch, output.images):
-                target = output_dir / f"{image.stem}{GENERATED_SUFFIX}"
-                partial = output_dir / f".{image.stem}.partial{GENERATED_SUFFIX}"
-                picture.save(partial)
-                os.replace(partial, target)
+                atomic_write(output_dir / f"{image.stem}{GENERATED_SUFFIX}",
+                             lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
             bar.update(len(batch))
     return [image.stem for image in missing]
 
@@ -417,7 +417,7 @@ def run_protocol(settings: ProtocolSettings, evaluation, *, parser=None) -> dict
     for mode, folder, mode_evaluation, manifest in plans:
         if needs_sentences:
             prompts = {image.stem: image.sentence for image in images}
-            (folder / PROMPTS_NAME).write_text(json.dumps(prompts, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            atomic_write_text(folder / PROMPTS_NAME, json.dumps(prompts, indent=2, ensure_ascii=False) + "\n")
         generated = generate_images(pipeline, images, mode, generation, folder / GENERATED_FOLDER,
                                     progress=settings.progress)
         report = evaluate(mode_evaluation, parser=parser)
@@ -434,8 +434,8 @@ def run_protocol(settings: ProtocolSettings, evaluation, *, parser=None) -> dict
             "generated_this_run": len(generated),
             "generation": manifest,
         }
-        (folder / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        (folder / TABLE_NAME).write_text(render_markdown(report), encoding="utf-8")
+        atomic_write_text(folder / REPORT_NAME, json.dumps(report, indent=2) + "\n")
+        atomic_write_text(folder / TABLE_NAME, render_markdown(report))
         reports.append(report)
     return {"facemogle_version": __version__, "protocol": protocol.name, "runs": reports}
 

@@ -38,8 +38,8 @@ def train_autoencoder(config: TrainingConfig, progress: bool = True):
 
     from facemogle.data.datasets import FaceDataset
     from facemogle.data.stream import EpochPermutations, PositionBatchSampler
-    from facemogle.train.checkpoint import atomic_write_text
-    from facemogle.train.trainer import TrainResult, build_pipeline, open_training_records
+    from facemogle.files import atomic_write_text
+    from facemogle.train.setup import TrainResult, build_pipeline, open_training_records
 
     settings = config.autoencoder
     if config.train.cpu_threads is not None:
