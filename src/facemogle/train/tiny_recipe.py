@@ -1,0 +1,443 @@
+"""The bundled "tiny" model's recipe (``make tiny-model``, ``scripts/train_tiny_model.py``).
+
+:func:`run_recipe` runs the stages in order; each writes under the work dir, nothing is written
+into the dataset folder:
+
+1. captions     ``facemogle caption`` of the dataset -> ``<work>/captions`` (skipped when present)
+2. split        the deterministic val split (``facemogle.data.splits``) -> ``<work>/split.json``
+3. autoencoder  the VAE (config ``stage: autoencoder``) -> ``<work>/autoencoder/vae``
+4. text         the byte-level CLIP / T5 pair, contrastive on the captions -> ``<work>/text``
+5. diffusion    transformer + condition LoRA + MoGLE from scratch (config ``mode: scratch``)
+6. export       the whole pipeline in float16 + the text-image score weights + ``MODEL_CARD.md``
+                (:func:`export_pipeline`, :func:`model_card`) -> the export dir
+7. evaluate     ``scripts/evaluate_tiny_model.py`` (:mod:`facemogle.eval.tiny_model_report`) in a
+                subprocess: metrics on the validation faces into the card, sample grid and gate-weight
+                plot into ``docs/images`` (a pilot evaluates 8 faces and leaves the docs alone)
+
+Finished stages are reused when the recipe runs again with the same work dir (each writes
+``<stage dir>/stage_report.json``; delete that file to train the stage again).
+
+A pilot (``pilot_minutes`` set) cuts every stage to its share of the minutes (:data:`PILOT_SHARES`,
+1 thread by default) to check the recipe end to end and measure each stage's throughput; its export
+goes to ``<work>/export`` unless an export dir is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+
+from facemogle.files import atomic_write, atomic_write_text
+
+#: Share of a pilot's minutes per stage (autoencoder, text, diffusion); captions/cache/export extra.
+PILOT_SHARES = {"autoencoder": 0.3, "text": 0.15, "diffusion": 0.55}
+#: A pilot's diffusion stage caches only this many faces (the cache build time per face is reported).
+PILOT_CACHED_FACES = 64
+#: Steps of the short run that measures a stage's seconds per step in a pilot.
+PROBE_STEPS = 3
+#: The report a finished stage leaves in its folder (its presence marks the stage done).
+STAGE_REPORT = "stage_report.json"
+#: The whole run's report, in the work dir.
+RECIPE_REPORT = "recipe_report.json"
+#: A pilot's evaluation stage: this many validation faces, this many bench runs.
+PILOT_EVAL_FACES = 8
+PILOT_BENCH_RUNS = 1
+
+
+@dataclass(frozen=True)
+class RecipeSettings:
+    """What ``scripts/train_tiny_model.py`` was asked to do (its flags, paths resolved by the script).
+
+    Attributes:
+        config: the recipe's training config (``configs/tiny.yaml``).
+        work_dir: every stage's output folder.
+        release_dir: where a full run exports when ``export`` is not given (the bundled weights).
+        evaluate_script: the evaluation command run as the last stage.
+        data: the dataset folder (``None``: the config's ``data.root``).
+        export: the export folder (``None``: ``release_dir``, or ``<work>/export`` for a pilot).
+        threads: torch CPU threads (``None``: the config's, 1 for a pilot).
+        processes: data-parallel CPU processes for the autoencoder and diffusion stages.
+        pilot_minutes: cut every stage to fit this many minutes (``None``: the full run).
+    """
+
+    config: Path
+    work_dir: Path
+    release_dir: Path
+    evaluate_script: Path
+    data: Path | None = None
+    export: Path | None = None
+    num_val: int = 100
+    text_steps: int = 1200
+    text_batch_size: int = 64
+    text_lr: float = 1e-3
+    threads: int | None = None
+    processes: int = 1
+    pilot_minutes: float | None = None
+
+    @property
+    def pilot(self) -> bool:
+        return self.pilot_minutes is not None
+
+
+# ----------------------------------------------------------------------------------- timing
+
+
+def stage_header(name: str) -> float:
+    """Print the stage's banner; return its start time (``time.perf_counter``)."""
+    print(f"\n=== {name} ===", flush=True)
+    return time.perf_counter()
+
+
+def pilot_budget_s(pilot_minutes: float, stage: str) -> float:
+    """Seconds a pilot of ``pilot_minutes`` gives ``stage`` (its :data:`PILOT_SHARES` share)."""
+    return 60 * pilot_minutes * PILOT_SHARES[stage]
+
+
+def steps_in(budget_s: float, seconds_per_step: float, at_least: int = 2) -> int:
+    """Whole steps of ``seconds_per_step`` that fit in ``budget_s`` (at least ``at_least``)."""
+    return max(at_least, int(budget_s / seconds_per_step))
+
+
+def time_per_step(run_steps: Callable[[int], list], probe_steps: int = PROBE_STEPS) -> float:
+    """Seconds per step of a short probe run (``run_steps(n)`` runs n steps, returns step seconds);
+    the first step (warm-up) is left out when there are more."""
+    seconds = run_steps(probe_steps)
+    return sum(seconds[1:]) / max(1, len(seconds) - 1)
+
+
+# ----------------------------------------------------------------------------------- stage reports
+
+
+def finished_stage(stage_dir: Path) -> dict | None:
+    """The report of a stage that already finished in this work dir (delete the file to redo it)."""
+    path = stage_dir / STAGE_REPORT
+    if not path.is_file():
+        return None
+    print(f"reusing {stage_dir} (finished earlier; delete {path.name} to train it again)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def finish_stage(stage_dir: Path, report: dict) -> dict:
+    """Write ``report`` as the stage's :data:`STAGE_REPORT` (marking it finished); return it."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stage_dir / STAGE_REPORT, json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def stage_report(step_seconds: list, losses: list, batch_size: int, wall: float, **extra) -> dict:
+    """Throughput and loss summary of a training stage (the first step is left out of the timing
+    when there are more); ``extra`` entries that are empty or zero are dropped."""
+    timed = step_seconds[1:] or step_seconds
+    per_step = sum(timed) / max(1, len(timed))
+    return {"steps": len(step_seconds), "batch_size": batch_size, "steps_per_s": round(1 / per_step, 3),
+            "images_per_s": round(batch_size / per_step, 2), "first_loss": round(losses[0], 5),
+            "last_loss": round(sum(losses[-10:]) / len(losses[-10:]), 5), "wall_s": round(wall, 1),
+            **{k: v for k, v in extra.items() if v}}
+
+
+# ----------------------------------------------------------------------------------- training
+
+
+def run_training(config, processes: int, threads: int, name: str, work: Path, progress: bool):
+    """``facemogle.train.trainer.train(config)`` here, or in ``processes`` data-parallel CPU processes.
+
+    Several processes run ``accelerate launch -m facemogle train`` on the config written to
+    ``<work>/<name>.yaml`` (per-process batch = the config's batch / processes, so the update is the
+    same maths as one process; ``threads`` torch threads each) and read back its ``--result-json``.
+    """
+    from facemogle.train.launch import cpu_train_command
+    from facemogle.train.setup import TrainResult
+    from facemogle.train.trainer import train
+
+    if processes == 1:
+        return train(config, progress=progress)
+    values = config.to_dict()
+    for section in ("train", "autoencoder"):
+        batch = values[section]["batch_size"]
+        if batch % processes:
+            sys.exit(f"{section}.batch_size {batch} does not split over {processes} processes")
+        values[section]["batch_size"] = batch // processes
+    values["train"]["cpu_threads"] = threads
+    config_file, result_file = work / f"{name}.yaml", work / f"{name}.result.json"
+    atomic_write_text(config_file, yaml.safe_dump(values, sort_keys=False))
+    command = cpu_train_command(config_file, processes, "--result-json", str(result_file))
+    environment = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS=str(threads))
+    subprocess.run(command + ([] if progress else ["--no-progress"]), env=environment, check=True)
+    return TrainResult.from_dict(json.loads(result_file.read_text(encoding="utf-8")))
+
+
+def pilot_steps(settings: RecipeSettings, overrides: dict, stage: str, max_steps_key: str, probe_name: str,
+                threads: int) -> int:
+    """A pilot's steps for ``stage``: time a :data:`PROBE_STEPS`-step probe run (into
+    ``<work>/<probe_name>``), then fit whole steps into the stage's share of the minutes."""
+    from facemogle.train.config import load_config
+
+    work = settings.work_dir
+    probe = load_config(settings.config, dict(overrides, **{max_steps_key: PROBE_STEPS,
+                                                             "output_dir": str(work / probe_name)}))
+    per_step = time_per_step(lambda n: run_training(probe, settings.processes, threads, probe_name, work,
+                                                    progress=False).step_seconds)
+    return steps_in(pilot_budget_s(settings.pilot_minutes, stage), per_step)
+
+
+def train_text_stage(settings: RecipeSettings, common: dict) -> dict:
+    """Stage 4: the byte-level CLIP / T5 pair of the untrained tiny preset, trained contrastively on
+    the training faces' captions (:func:`facemogle.train.text_encoders.train_text_encoders`) into
+    ``<work>/text``; returns its stage report."""
+    from facemogle.data.datasets import FaceDataset
+    from facemogle.specs import load_pipeline
+    from facemogle.train.config import load_config
+    from facemogle.train.text_encoders import train_text_encoders
+    from facemogle.train.setup import open_training_records
+
+    work = settings.work_dir
+    config = load_config(settings.config, dict(common, **{"output_dir": str(work / "text")}))
+    _, records = open_training_records(config)
+    faces = FaceDataset(records, config.data.resolution, config.data.image_resize, config.data.mask_order)
+    captions = [list(r.captions) for r in records]
+    pipe = load_pipeline("tiny", random_init=True, seed=config.seed)
+    budget = pilot_budget_s(settings.pilot_minutes, "text") if settings.pilot else None
+    result = train_text_encoders(pipe, faces, captions, work / "text", max_steps=settings.text_steps,
+                                 batch_size=settings.text_batch_size, lr=settings.text_lr, seed=config.seed,
+                                 time_budget_s=budget, max_sequence_length=pipe.default_max_sequence_length,
+                                 progress=not settings.pilot)
+    return stage_report(result.step_seconds, result.losses, settings.text_batch_size, 0.0,
+                        captioned=sum(bool(c) for c in captions), faces=len(captions))
+
+
+# ----------------------------------------------------------------------------------- the recipe
+
+
+def export_dir(settings: RecipeSettings) -> Path:
+    """The export folder: the one asked for, else ``<work>/export`` for a pilot, else the release dir."""
+    if settings.export:
+        return Path(settings.export)
+    return settings.work_dir / "export" if settings.pilot else settings.release_dir
+
+
+def evaluate_command(settings: RecipeSettings, export: Path, data_root: Path, threads: int) -> list[str]:
+    """Stage 7's command line: the evaluation script on the export (a pilot: a few faces, one bench
+    run, figures into ``<work>/docs``)."""
+    work = settings.work_dir
+    command = [sys.executable, str(settings.evaluate_script), "--model", str(export),
+               "--work-dir", str(work), "--data", str(data_root), "--threads", str(threads)]
+    if settings.pilot:
+        command += ["--limit", str(PILOT_EVAL_FACES), "--bench-runs", str(PILOT_BENCH_RUNS),
+                    "--docs", str(work / "docs")]
+    return command
+
+
+def run_recipe(settings: RecipeSettings) -> int:
+    """Run the seven stages (module docstring); return the evaluation stage's exit status."""
+    from facemogle.data import splits
+    from facemogle.data.captions import caption_folder
+    from facemogle.train.config import load_config
+
+    settings = replace(settings, work_dir=Path(settings.work_dir).resolve())
+    work, pilot = settings.work_dir, settings.pilot
+    work.mkdir(parents=True, exist_ok=True)
+    export = export_dir(settings)
+    base = load_config(settings.config)
+    data_root = Path(settings.data or base.data.root).resolve()
+    threads = settings.threads or (1 if pilot else base.train.cpu_threads)
+    torch.set_num_threads(threads)
+    process_threads = max(1, threads // settings.processes)  # torch threads of each training process
+    report = {"pilot_minutes": settings.pilot_minutes, "threads": threads, "processes": settings.processes,
+              "stages": {}}
+
+    # 1. captions
+    started = stage_header("captions")
+    captions_dir = work / "captions"
+    if not (captions_dir / "text.json").is_file():
+        caption_folder(data_root, captions_dir)
+    report["stages"]["captions"] = {"seconds": round(time.perf_counter() - started, 1)}
+
+    # 2. split
+    split = splits.split_folder(data_root, num_val=settings.num_val)
+    split_file = splits.write_split(split, work / "split.json")
+    print(f"split: {len(split.train)} train, {len(split.val)} val (fingerprint {split.fingerprint[:12]})")
+    common = {"data.root": str(data_root), "data.captions_dir": str(captions_dir), "data.split_file": str(split_file),
+              "train.cpu_threads": threads}
+
+    # 3. autoencoder
+    started = stage_header("autoencoder")
+    ae_overrides = dict(common, **{"stage": "autoencoder", "output_dir": str(work / "autoencoder")})
+    ae_steps = base.autoencoder.max_steps
+    if pilot:
+        ae_steps = pilot_steps(settings, ae_overrides, "autoencoder", "autoencoder.max_steps", "probe-ae",
+                               process_threads)
+    vae_dir = work / "autoencoder" / "vae"
+    report["stages"]["autoencoder"] = finished_stage(work / "autoencoder")
+    if report["stages"]["autoencoder"] is None:
+        ae_config = load_config(settings.config, dict(ae_overrides, **{"autoencoder.max_steps": ae_steps}))
+        ae = run_training(ae_config, settings.processes, process_threads, "autoencoder", work, progress=not pilot)
+        report["stages"]["autoencoder"] = finish_stage(
+            work / "autoencoder", stage_report(ae.step_seconds, ae.losses, ae_config.autoencoder.batch_size,
+                                               time.perf_counter() - started))
+
+    # 4. text encoders
+    started = stage_header("text encoders")
+    report["stages"]["text"] = finished_stage(work / "text")
+    if report["stages"]["text"] is None:
+        text_report = train_text_stage(settings, common)
+        text_report["wall_s"] = round(time.perf_counter() - started, 1)
+        report["stages"]["text"] = finish_stage(work / "text", text_report)
+
+    # 5. diffusion
+    started = stage_header("diffusion (scratch)")
+    diffusion_overrides = dict(common, **{"model.vae": str(vae_dir), "output_dir": str(work / "diffusion"),
+                                          "cache.dir": str(work / "cache"),
+                                          "model.options": {"random_init": True, "text_encoders": str(work / "text")}})
+    steps = base.train.max_steps
+    if pilot:
+        diffusion_overrides.update({"sample.every": 0, "checkpoint.every": 10**6, "data.max_samples": PILOT_CACHED_FACES})
+        steps = pilot_steps(settings, diffusion_overrides, "diffusion", "train.max_steps", "probe-diffusion",
+                            process_threads)
+        diffusion_overrides.update({"train.lr_warmup_steps": min(base.train.lr_warmup_steps, steps // 4)})
+    config = load_config(settings.config, dict(diffusion_overrides, **{"train.max_steps": steps}))
+    report["stages"]["diffusion"] = finished_stage(work / "diffusion")
+    if report["stages"]["diffusion"] is None:
+        result = run_training(config, settings.processes, process_threads, "diffusion", work, progress=not pilot)
+        report["stages"]["diffusion"] = finish_stage(work / "diffusion", stage_report(
+            result.step_seconds, result.losses, config.train.batch_size, time.perf_counter() - started,
+            cache=result.cache_stats, final_checkpoint=str(result.final_checkpoint)))
+
+    # 6. export
+    stage_header("export")
+    export_pipeline(Path(report["stages"]["diffusion"]["final_checkpoint"]), export, report, split, config,
+                    text_dir=work / "text")
+    atomic_write_text(work / RECIPE_REPORT, json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report, indent=1))
+
+    # 7. evaluate
+    stage_header("evaluate")
+    return subprocess.run(evaluate_command(settings, export, data_root, threads), check=False).returncode
+
+
+# ----------------------------------------------------------------------------------- export
+
+
+def export_pipeline(checkpoint: Path, export: Path, report: dict, split, config, text_dir: Path) -> None:
+    """The final checkpoint's pipeline in float16 (loaded back in float32), the text stage's
+    text-image score weights and a model card, into ``export`` (replaced as a whole).
+
+    Everything is written into a hidden folder beside ``export`` first, which then takes the old
+    folder's place, so an interrupt leaves the old export or the new one. Adds ``report["export"]``
+    (folder, size, parameter counts).
+    """
+    from facemogle.specs import SCRATCH_GUIDANCE_SCALE, TINY_MASK_GUIDANCE_SCALE, load_pipeline
+    from facemogle.train.text_encoders import SCORE_FILE
+
+    pipe = load_pipeline("saved", path=checkpoint)
+    pipe.register_to_config(default_guidance_scale=SCRATCH_GUIDANCE_SCALE,  # the only guidance it was trained with
+                            default_mask_guidance_scale=TINY_MASK_GUIDANCE_SCALE)
+    pipe.default_guidance_scale = SCRATCH_GUIDANCE_SCALE
+    pipe.default_mask_guidance_scale = TINY_MASK_GUIDANCE_SCALE
+    pipe.to(dtype=torch.float16)
+    staging = export.with_name(f".{export.name}.tmp-{os.getpid()}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    try:
+        pipe.save_pretrained(str(staging), safe_serialization=True)
+        drop_local_paths(staging)
+        atomic_write(staging / SCORE_FILE, lambda tmp: shutil.copyfile(text_dir / SCORE_FILE, tmp))
+        size_mb = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file()) / 1e6
+        parameters = {name: sum(p.numel() for p in getattr(pipe, name).parameters())
+                      for name in ("transformer", "mogle", "vae", "text_encoder", "text_encoder_2")}
+        report["export"] = {"directory": str(export), "size_mb": round(size_mb, 2), "parameters": parameters}
+        atomic_write_text(staging / "MODEL_CARD.md", model_card(report, split, config))
+        if export.exists():
+            shutil.rmtree(export)
+        os.replace(staging, export)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    print(f"exported {export} ({size_mb:.1f} MB)")
+
+
+def drop_local_paths(export: Path) -> None:
+    """Remove diffusers' ``_name_or_path`` (this machine's checkpoint path) from the exported configs."""
+    for config_file in export.rglob("*.json"):
+        values = json.loads(config_file.read_text(encoding="utf-8"))
+        if isinstance(values, dict) and values.pop("_name_or_path", None) is not None:
+            atomic_write_text(config_file, json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
+def model_card(report: dict, split, config) -> str:
+    """The exported model's ``MODEL_CARD.md``: data and licence, recipe (a row per training stage),
+    parameter counts, why the text encoders are trained here, known limits. The "Metrics" section is
+    a placeholder that :func:`facemogle.eval.tiny_model_report.write_card_metrics` fills in.
+
+    Args:
+        report: the recipe report, with ``stages`` (autoencoder, text, diffusion) and ``export``.
+        split: the :class:`facemogle.data.splits.Split` the model was trained on.
+        config: the diffusion stage's config (unused; kept for the recipe's call).
+    """
+    from facemogle.train.text_encoders import SCORE_FILE
+
+    stages = report["stages"]
+    params = report["export"]["parameters"]
+    lines = [
+        "# facemogle tiny: the bundled CPU model",
+        "",
+        "Face-MoGLE at toy size: a FLUX-style transformer (2 double + 4 single blocks, width 256), the paper's",
+        "MoGLE (16 latent channels, 64-wide packed tokens), a 16-channel /8 VAE and a byte-level CLIP / T5 text",
+        "encoder pair, all trained from scratch on this machine. 128 x 128 px, 20 steps.",
+        "",
+        "## Data and licence",
+        "",
+        f"CelebAMask-HQ mini set ({len(split.train)} train faces; {len(split.val)} held out as the validation split,",
+        f"fingerprint `{split.fingerprint}`), captions from `facemogle caption` (hair, accessories, mouth,",
+        "colours; no gender, age or ethnicity). CelebAMask-HQ is for **non-commercial research only**; so are",
+        "these weights.",
+        "",
+        "## Recipe",
+        "",
+        "`make tiny-model` (scripts/train_tiny_model.py + configs/tiny.yaml): captions, split, autoencoder",
+        "(L1 + L2 + tiny KL), text encoders (contrastive, see below), then transformer + condition LoRA + MoGLE",
+        "in scratch mode with cached latents; weights stored in float16.",
+        "",
+        "| stage | steps | batch | steps/s | first loss | last loss |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in ("autoencoder", "text", "diffusion"):
+        s = stages[name]
+        lines.append(f"| {name} | {s['steps']} | {s['batch_size']} | {s['steps_per_s']} | {s['first_loss']} | {s['last_loss']} |")
+    lines += [
+        "",
+        "Parameters: " + ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in params.items())
+        + f"; {report['export']['size_mb']:.1f} MB on disk.",
+        "",
+        "## Text encoder: why trained here",
+        "",
+        "Nothing may be downloaded at run time and PyPI ships no sentence-encoder weights, so the encoders are",
+        "trained here. The diffusion stage caches text embeddings (frozen encoders), and a frozen *random*",
+        "encoder gives the transformer no reason to separate 'blond' from 'black'; so a text stage first trains",
+        "the byte-level CLIP / T5 pair contrastively against a small image tower on the training photos",
+        "(facemogle.train.text_encoders): captions of visibly different faces get different embeddings.",
+        f"The image tower is kept as `{SCORE_FILE}`, the text score of the metrics below.",
+        "",
+        "## Metrics",
+        "",
+        "Filled in by `scripts/evaluate_tiny_model.py` (the recipe's last stage).",
+        "",
+        "## Known limits",
+        "",
+        "- 128 px and a few hundred training faces: blurry, low-diversity faces; not a substitute for FLUX.1-dev.",
+        "- Captions cover only what the auto-captioner measures; other words are ignored or misread.",
+        "- Trained on CelebA-HQ celebrities: the demographic bias of that set carries over.",
+        "",
+    ]
+    if report.get("pilot_minutes"):
+        lines.insert(2, f"**PILOT RUN ({report['pilot_minutes']} min): not the shipped model.**\n")
+    return "\n".join(lines)

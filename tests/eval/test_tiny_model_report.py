@@ -1,0 +1,147 @@
+"""The bundled model's evaluation report: scores, reuse of generated images, grid, card section."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from facemogle.eval.gate_weights import GateStep
+from facemogle.eval.tiny_model_report import (
+    SETTINGS_FILE,
+    SIZE,
+    caption_scores,
+    card_metrics_section,
+    forget_images_made_otherwise,
+    mask_control_confusions,
+    mean_gate_steps,
+    mean_iou,
+    per_class_iou,
+    sample_grid,
+    weights_digest,
+    write_card_metrics,
+)
+from facemogle.labels import CLASS_NAMES
+
+
+def metrics(ratio: float = 0.407) -> dict:
+    """A metrics dict shaped like ``metrics.json`` (only the keys the card reads)."""
+    return {
+        "validation_faces": 100, "size": 128, "steps": 20, "guidance": 1.0, "mask_guidance": 2.0,
+        "miou": {"generated": ratio * 0.7, "real": 0.7, "generated_vs_other_mask": 0.1},
+        "miou_ratio": ratio,
+        "pixel_accuracy": {"generated": 0.6, "real": 0.9},
+        "fid_style_parser_features": {"generated_vs_real_val": 3.51, "real_train_vs_real_val": 0.8},
+        "text_score": {"generated_own_caption": 30.0, "generated_other_caption": 20.0,
+                       "real_own_caption": 40.0, "real_other_caption": 10.0},
+        "bench_generate": {"runs": 5, "threads": 2, "mask_text_median_s": 2.39, "text_only_median_s": 1.53},
+    }
+
+
+class MaskParser:
+    """Reads every picture back as the id map stored in its top-left pixel's red value."""
+
+    def parse(self, pictures):
+        return [np.full((SIZE, SIZE), np.asarray(p)[0, 0, 0], np.int64) for p in pictures]
+
+
+def picture(value: int) -> Image.Image:
+    return Image.new("RGB", (SIZE, SIZE), (value, value, value))
+
+
+def test_mask_control_scores_against_own_and_next_mask():
+    stems = ["1", "2"]
+    masks = {"1": np.full((SIZE, SIZE), 1), "2": np.full((SIZE, SIZE), 2)}
+    real = {"1": picture(1), "2": picture(2)}  # parsed exactly as its mask
+    generated = {"1": picture(1), "2": picture(3)}  # the second misses its mask
+    confusions = mask_control_confusions(MaskParser(), stems, generated, real, masks)
+    assert set(confusions) == {"generated", "real", "generated_vs_other_mask"}
+    assert all(c.sum() == 2 * SIZE * SIZE for c in confusions.values())
+    assert mean_iou(confusions["real"]) == pytest.approx(1.0)
+    assert mean_iou(confusions["generated"]) == pytest.approx(1 / 3)  # classes 1 (hit), 2 and 3 (missed)
+    assert mean_iou(confusions["generated_vs_other_mask"]) == pytest.approx(0.0)
+    by_name = per_class_iou(confusions["real"])
+    assert list(by_name) == list(CLASS_NAMES)
+    assert by_name[CLASS_NAMES[1]] == 1.0 and by_name[CLASS_NAMES[0]] is None
+
+
+def test_caption_scores_pair_each_face_with_own_and_next_caption():
+    seen = []
+
+    def score(batch, texts):
+        assert batch.dtype == torch.uint8 and batch.shape[1:] == (3, SIZE, SIZE)
+        seen.append(list(texts))
+        return torch.tensor([float(t == "match") for t in texts])
+
+    scores = caption_scores(score, [picture(0)] * 2, [picture(9)] * 2, ["match", "other"])
+    assert scores == {"generated_own_caption": 0.5, "generated_other_caption": 0.5,
+                      "real_own_caption": 0.5, "real_other_caption": 0.5}
+    assert seen[:2] == [["match", "other"], ["other", "match"]]
+
+
+def test_gate_weights_are_averaged_over_batches_step_by_step():
+    first = [GateStep(t, ("global", "eyes"), (0.2, 0.8)) for t in (0.9, 0.5)]
+    second = [GateStep(t + 0.01, ("global", "eyes"), (0.4, 0.6)) for t in (0.9, 0.5)]
+    averaged = mean_gate_steps(first + second, steps=2)
+    assert [s.timestep for s in averaged] == [0.9, 0.5]
+    assert [s.global_weight for s in averaged] == pytest.approx([0.3, 0.3])
+    assert [s.local_weight for s in averaged] == pytest.approx([0.7, 0.7])
+
+
+def test_weights_digest_follows_names_and_bytes(tmp_path):
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "a.safetensors").write_bytes(b"one")
+    (tmp_path / "notes.txt").write_text("not weights", encoding="utf-8")
+    digest = weights_digest(tmp_path)
+    (tmp_path / "notes.txt").write_text("changed", encoding="utf-8")
+    assert weights_digest(tmp_path) == digest
+    (tmp_path / "vae" / "a.safetensors").write_bytes(b"two")
+    assert weights_digest(tmp_path) != digest
+
+
+def test_generated_images_are_kept_only_for_the_same_settings(tmp_path):
+    folder = tmp_path / "generated"
+    forget_images_made_otherwise(folder, {"weights": "abc", "steps": 20})
+    (folder / "1.png").write_bytes(b"png")
+    forget_images_made_otherwise(folder, {"weights": "abc", "steps": 20})
+    assert (folder / "1.png").is_file()
+    forget_images_made_otherwise(folder, {"weights": "def", "steps": 20})
+    assert sorted(p.name for p in folder.iterdir()) == [SETTINGS_FILE]
+    assert json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8")) == {"weights": "def", "steps": 20}
+
+
+def test_sample_grid_lays_out_mask_generated_real_rows():
+    mask_rgb = np.zeros((64, 64, 3), np.uint8)
+    grid = sample_grid([(mask_rgb, picture(100), picture(200))] * 2, gap=4)
+    assert grid.size == (3 * SIZE + 8, 2 * SIZE + 4)
+    assert grid.getpixel((0, 0)) == (0, 0, 0) and grid.getpixel((SIZE + 4, 0)) == (100, 100, 100)
+    assert grid.getpixel((2 * SIZE + 8, SIZE + 4)) == (200, 200, 200) and grid.getpixel((SIZE, 0)) == (255, 255, 255)
+
+
+def test_card_section_states_numbers_and_verdict():
+    below = card_metrics_section(metrics(0.407))
+    assert below.startswith("## Metrics\n") and "python scripts/evaluate_tiny_model.py" in below
+    assert "| **ratio** (target >= 0.8) | **0.407** |" in below and "**Mask control is below the target**" in below
+    assert "| s/image, mask + text (median of 5, 2 threads) | 2.39 |" in below
+    assert "Mask control meets the target (ratio 0.85 >= 0.8)." in card_metrics_section(metrics(0.85))
+
+
+def test_card_metrics_replace_only_their_section(tmp_path):
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("# tiny\n\n## Metrics\n\nFilled in later.\n\n## Known limits\n\n- small\n", encoding="utf-8")
+    write_card_metrics(card, metrics())
+    text = card.read_text(encoding="utf-8")
+    assert text == "# tiny\n\n" + card_metrics_section(metrics()) + "## Known limits\n\n- small\n"
+    write_card_metrics(card, metrics(0.5))
+    assert card.read_text(encoding="utf-8").count("## Metrics") == 1 and "**0.500**" in card.read_text(encoding="utf-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MODEL_CARD.md"]
+
+
+def test_card_without_a_metrics_section_gets_one_appended(tmp_path):
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("# tiny\n\n", encoding="utf-8")
+    write_card_metrics(card, metrics())
+    assert card.read_text(encoding="utf-8") == "# tiny\n\n" + card_metrics_section(metrics())

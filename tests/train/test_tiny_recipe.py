@@ -1,0 +1,139 @@
+"""The bundled-model recipe's pure parts: pilot time shares, stage reports, the model card, export."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from facemogle.data.splits import Split
+from facemogle.train.tiny_recipe import (
+    PILOT_SHARES,
+    STAGE_REPORT,
+    RecipeSettings,
+    evaluate_command,
+    export_dir,
+    export_pipeline,
+    finish_stage,
+    finished_stage,
+    model_card,
+    pilot_budget_s,
+    stage_report,
+    steps_in,
+    time_per_step,
+)
+
+STAGE = {"steps": 12, "batch_size": 4, "steps_per_s": 0.5, "first_loss": 1.25, "last_loss": 0.75}
+
+
+def settings(tmp_path, **changes) -> RecipeSettings:
+    values = {"config": tmp_path / "tiny.yaml", "work_dir": tmp_path / "work", "release_dir": tmp_path / "release",
+              "evaluate_script": tmp_path / "evaluate.py"}
+    return RecipeSettings(**{**values, **changes})
+
+
+def recipe_report(pilot_minutes=None) -> dict:
+    return {"pilot_minutes": pilot_minutes, "stages": {"autoencoder": STAGE, "text": STAGE, "diffusion": STAGE},
+            "export": {"size_mb": 12.34, "parameters": {"transformer": 2_500_000, "vae": 500_000}}}
+
+
+def test_pilot_shares_split_the_minutes():
+    assert sum(PILOT_SHARES.values()) == pytest.approx(1.0)
+    assert pilot_budget_s(10, "text") == pytest.approx(60 * 10 * PILOT_SHARES["text"])
+    assert sum(pilot_budget_s(8, stage) for stage in PILOT_SHARES) == pytest.approx(8 * 60)
+
+
+def test_steps_fit_the_budget_with_a_floor():
+    assert steps_in(100, 3.0) == 33
+    assert steps_in(1, 10.0) == 2
+    assert steps_in(1, 10.0, at_least=5) == 5
+
+
+def test_time_per_step_leaves_out_the_warm_up_step():
+    calls = []
+
+    def run_steps(n):
+        calls.append(n)
+        return [9.0] + [1.5] * (n - 1)
+
+    assert time_per_step(run_steps) == pytest.approx(1.5)
+    assert calls == [3]
+
+
+def test_stage_report_summarises_throughput_and_loss():
+    report = stage_report([5.0, 2.0, 2.0], [4.0, 3.0, 2.0], batch_size=8, wall=12.345, cache={}, faces=7)
+    assert report == {"steps": 3, "batch_size": 8, "steps_per_s": 0.5, "images_per_s": 4.0, "first_loss": 4.0,
+                      "last_loss": 3.0, "wall_s": 12.3, "faces": 7}
+
+
+def test_a_finished_stage_is_reused(tmp_path, capsys):
+    stage_dir = tmp_path / "autoencoder"
+    assert finished_stage(stage_dir) is None
+    assert finish_stage(stage_dir, STAGE) == STAGE
+    assert sorted(p.name for p in stage_dir.iterdir()) == [STAGE_REPORT]
+    assert finished_stage(stage_dir) == STAGE
+    assert "reusing" in capsys.readouterr().out
+
+
+def test_export_dir_and_the_evaluation_command(tmp_path):
+    full = settings(tmp_path)
+    pilot = settings(tmp_path, pilot_minutes=8)
+    assert export_dir(full) == tmp_path / "release"
+    assert export_dir(pilot) == tmp_path / "work" / "export"
+    assert export_dir(settings(tmp_path, pilot_minutes=8, export=tmp_path / "x")) == tmp_path / "x"
+    command = evaluate_command(full, tmp_path / "model", tmp_path / "data", threads=2)
+    assert command == [sys.executable, str(tmp_path / "evaluate.py"), "--model", str(tmp_path / "model"),
+                       "--work-dir", str(tmp_path / "work"), "--data", str(tmp_path / "data"), "--threads", "2"]
+    pilot_command = evaluate_command(pilot, tmp_path / "model", tmp_path / "data", threads=1)
+    assert pilot_command[-6:] == ["--limit", "8", "--bench-runs", "1", "--docs", str(tmp_path / "work" / "docs")]
+
+
+def test_model_card_names_data_recipe_and_stages():
+    split = Split(train=("a", "b", "c"), val=("d",))
+    card = model_card(recipe_report(), split, config=None)
+    assert card.startswith("# facemogle tiny: the bundled CPU model\n")
+    assert "(3 train faces; 1 held out" in card and f"`{split.fingerprint}`" in card
+    assert "non-commercial research only" in card
+    assert "`make tiny-model` (scripts/train_tiny_model.py + configs/tiny.yaml)" in card
+    assert "scripts/evaluate_tiny_model.py" in card and "\n## Metrics\n" in card
+    for name in ("autoencoder", "text", "diffusion"):
+        assert f"| {name} | 12 | 4 | 0.5 | 1.25 | 0.75 |" in card
+    assert "Parameters: transformer 2.50 M, vae 0.50 M; 12.3 MB on disk." in card
+    assert "PILOT RUN" not in card
+    pilot_card = model_card(recipe_report(pilot_minutes=8), split, config=None)
+    assert pilot_card.splitlines()[2] == "**PILOT RUN (8 min): not the shipped model.**"
+
+
+def test_export_writes_float16_weights_score_and_card(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from facemogle.specs import SCRATCH_GUIDANCE_SCALE, load_pipeline
+    from facemogle.train.text_encoders import SCORE_FILE
+
+    checkpoint, text_dir, export = tmp_path / "checkpoint", tmp_path / "text", tmp_path / "export"
+    load_pipeline("tiny-random", seed=0).save_pretrained(str(checkpoint), safe_serialization=True)
+    text_dir.mkdir()
+    (text_dir / SCORE_FILE).write_bytes(b"score weights")
+    export.mkdir()
+    (export / "stale.txt").write_text("from an earlier export", encoding="utf-8")
+    report, split = recipe_report(), Split(train=("a", "b"), val=("c",))
+    del report["export"]
+
+    export_pipeline(checkpoint, export, report, split, None, text_dir=text_dir)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "export", "text"]  # no staging folder left
+    assert not (export / "stale.txt").exists()
+    assert (export / SCORE_FILE).read_bytes() == b"score weights"
+    assert (export / "MODEL_CARD.md").read_text(encoding="utf-8") == model_card(report, split, None)
+    assert report["export"]["directory"] == str(export) and report["export"]["size_mb"] > 0
+    assert set(report["export"]["parameters"]) == {"transformer", "mogle", "vae", "text_encoder", "text_encoder_2"}
+    weights = load_file(export / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert {tensor.dtype for tensor in weights.values()} == {torch.float16}
+    for config_file in export.rglob("*.json"):
+        assert "_name_or_path" not in json.loads(config_file.read_text(encoding="utf-8"))
+    assert json.loads((export / "model_index.json").read_text(encoding="utf-8"))["default_guidance_scale"] == \
+        SCRATCH_GUIDANCE_SCALE
+    assert not list(Path(export).rglob(".*"))
