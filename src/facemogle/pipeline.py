@@ -381,19 +381,18 @@ class FaceMoGLEPipeline(FluxPipeline):
         device = self._execution_device
         self._guidance_scale = guidance_scale
         self._interrupt = False
-        per_image = lambda items: [i if len(items) > 1 else 0 for i in range(pairs) for _ in range(num_images_per_prompt)]  # noqa: E731
 
         # 1. encode prompt: once per given prompt, then indexed per image
         prompt_embeds, pooled_prompt_embeds, text_ids = self.encode_prompt(
             prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=1, max_sequence_length=max_sequence_length
         )
-        prompt_embeds = prompt_embeds[per_image(prompts)]  # (B, L, D)
-        pooled_prompt_embeds = pooled_prompt_embeds[per_image(prompts)]  # (B, P)
+        prompt_index = _per_image(len(prompts), pairs, num_images_per_prompt)
+        prompt_embeds, pooled_prompt_embeds = prompt_embeds[prompt_index], pooled_prompt_embeds[prompt_index]  # (B, L, D), (B, P)
 
         # 2. encode masks: once per call (with the empty mask, when mask guidance needs it)
         mask_guided = mask_guidance_scale != 1.0 and any(m is not None for m in masks)
         encoded = self.encode_mask_latents(masks + [None] * mask_guided, height, width, mask_order).dense().to(device)
-        condition_latents = encoded[: len(masks)][per_image(masks)]  # (B, E, N, 64)
+        condition_latents = encoded[_per_image(len(masks), pairs, num_images_per_prompt)]  # (B, E, N, 64)
 
         # 3. prepare latents
         latents, image_ids = self.prepare_latents(total, height, width, prompt_embeds.dtype, device, generators, latents)
@@ -444,6 +443,11 @@ class _CallbackHook(StepHook):
                    "gate_weights": state.prediction.gate_weights}
         out = self.callback(self.pipe, state.index, state.timestep, {k: tensors[k] for k in self.names})
         state.latents = (out or {}).get("latents", state.latents)
+
+
+def _per_image(given: int, pairs: int, per_pair: int) -> list[int]:
+    """Index of each image's input among ``given`` inputs (one input is broadcast to every pair)."""
+    return [pair if given > 1 else 0 for pair in range(pairs) for _ in range(per_pair)]
 
 
 def _generators(seed, generator, total: int) -> list[torch.Generator] | torch.Generator | None:
