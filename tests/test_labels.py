@@ -63,3 +63,12 @@ def test_bisenet_ids_map_to_the_documented_official_classes(bisenet_id, official
 
 def test_label_orders():
     assert labels.LABEL_ORDERS == ("official", "bisenet")
+
+
+def test_class_ids_from_names():
+    from facemogle.errors import InputError
+    from facemogle.labels import class_ids
+
+    assert class_ids("hair, hat,hair") == [13, 14] and class_ids(["eyeglasses"]) == [3] and class_ids(None) == []
+    with pytest.raises(InputError, match="'halo'.*known: background"):
+        class_ids("hair,halo")

@@ -15,6 +15,8 @@ inverse. Both are plain tuples so this module needs neither numpy nor torch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 #: Class names in the official CelebAMask-HQ order (index = class id).
 CLASS_NAMES: tuple[str, ...] = (
     "background",
@@ -131,3 +133,20 @@ def class_id(name: str) -> int:
         return CLASS_NAMES.index(name)
     except ValueError:
         raise KeyError(f"unknown class name {name!r}; known: {', '.join(CLASS_NAMES)}") from None
+
+
+def class_ids(names: str | Sequence[str] | None) -> list[int]:
+    """Sorted official ids of class names (a list, or one comma-separated string; None: none).
+
+    Raises ``InputError`` naming every unknown name and listing the known ones.
+    """
+    from facemogle.errors import InputError
+
+    if names is None:
+        return []
+    given = [n.strip() for n in names.split(",")] if isinstance(names, str) else [str(n).strip() for n in names]
+    unknown = [n for n in given if n and n not in CLASS_NAMES]
+    if unknown:
+        raise InputError(f"unknown class name(s) {', '.join(repr(n) for n in unknown)}; "
+                         f"known: {', '.join(CLASS_NAMES)}")
+    return sorted({CLASS_NAMES.index(n) for n in given if n})

@@ -83,7 +83,7 @@ def _broadcast(masks: list, prompts: list) -> int:
     return n
 
 
-def _onload(module: torch.nn.Module) -> None:
+def onload(module: torch.nn.Module) -> None:
     """Run accelerate's offload hook of a module we call piecewise instead of through ``forward``."""
     hook = getattr(module, "_hf_hook", None)
     if hook is not None and hasattr(hook, "pre_forward"):
@@ -269,7 +269,7 @@ class FaceMoGLEPipeline(FluxPipeline):
         """Masks -> :class:`facemogle.condition_tokens.MaskLatents` (global maps and present classes
         encoded in batched VAE calls, the blank map once)."""
         ids = np.stack([self.mask_ids(m, height, width, order) for m in masks])  # (M, H, W)
-        _onload(self.vae)
+        onload(self.vae)
         return encode_mask_latents(self.vae, ids, chunk_size=VAE_CHUNK)
 
     def prepare_latents(self, count: int, height: int, width: int, dtype: torch.dtype, device: torch.device,
@@ -295,9 +295,17 @@ class FaceMoGLEPipeline(FluxPipeline):
         """Packed latents (B, N, 64) -> images as ``output_type`` ("latent" returns them unchanged)."""
         if output_type == "latent":
             return latents
-        _onload(self.vae)
+        onload(self.vae)
         decoded = decode_tokens(self.vae, latents, height, width)  # (B, 3, H, W) in [-1, 1]
         return self.image_processor.postprocess(decoded, output_type=output_type)
+
+    def edit(self, image, mask, **kwargs):
+        """Edit a photo through its mask: regenerate where ``mask`` differs from the photo's own
+        mask (plus named ``regions``), keep every other pixel. See :func:`facemogle.editing.edit_photo`
+        for the arguments (``source_mask``, ``regions``, ``prompt``, ``strength``, ``grow``, ``seed``, ...)."""
+        from facemogle.editing import edit_photo
+
+        return edit_photo(self, image, mask, **kwargs)
 
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -410,8 +418,8 @@ class FaceMoGLEPipeline(FluxPipeline):
                                     mask_guidance_scale=mask_guidance_scale if mask_guided else 1.0)
         hooks = [_CallbackHook(self, callback_on_step_end, callback_on_step_end_tensor_inputs, prompt_embeds),
                  *step_hooks]
-        _onload(self.mogle)
-        _onload(self.transformer)
+        onload(self.mogle)
+        onload(self.transformer)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             latents = denoise(predict, self.scheduler, latents, timesteps, hooks=hooks,
                               progress_bar=progress_bar, interrupted=lambda: self.interrupt)

@@ -19,6 +19,7 @@ from facemogle.errors import FaceMoGLEError
 COMMAND_MODULES = [
     "facemogle.cli.mask",
     "facemogle.cli.generate",
+    "facemogle.cli.edit",
     "facemogle.cli.evaluate",
     "facemogle.cli.parse",
     "facemogle.cli.train",
