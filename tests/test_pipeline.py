@@ -292,3 +292,16 @@ def test_mask_guidance(tmp_path, example_mask_ids):
     pipe.register_to_config(default_mask_guidance_scale=3.0)
     pipe.save_pretrained(tmp_path / "p")
     assert FaceMoGLEPipeline.from_pretrained(tmp_path / "p").default_mask_guidance_scale == 3.0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(guidance_scale=float("nan")), "guidance_scale must be a finite number"),
+    (dict(mask_guidance_scale=float("inf")), "mask_guidance_scale must be a finite number"),
+    (dict(height=0, width=64), "height"),
+    (dict(seed=2**64), "seed must be an integer"),
+    (dict(seed=[1.5]), "seed must be an integer"),
+    (dict(num_inference_steps=10**6), "num_inference_steps must be in"),
+])
+def test_non_finite_and_out_of_range_numbers_are_refused(tiny_pipe, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        tiny_pipe(prompt="a", output_type="latent", **kwargs)

@@ -84,7 +84,12 @@ def encode_images(vae, images: torch.Tensor, *, chunk_size: int = 32) -> torch.T
 
 @torch.no_grad()
 def encode_condition_images(vae, condition_images: torch.Tensor, *, chunk_size: int = 32) -> torch.Tensor:
-    """Encode a batch of condition-image stacks to MoGLE's input tokens.
+    """Encode a batch of condition-image stacks to MoGLE's input tokens, every image through the VAE.
+
+    The dense reference form (the reference implementation's way, which Golden B checks). The
+    project turns masks into tokens with :func:`facemogle.condition_tokens.encode_mask_latents`,
+    which gives the same tokens while encoding absent classes' black maps only once; its tests
+    compare against this function.
 
     Args:
         condition_images: (B, E, 3, H, W) uint8 (or float in [0, 1]); E = global + local masks.

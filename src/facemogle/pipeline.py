@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,8 @@ MaskInput = Union[str, "os.PathLike[str]", PIL.Image.Image, np.ndarray, None]
 
 #: Prompts longer than this many characters are refused (T5 reads at most 512 tokens anyway).
 MAX_PROMPT_CHARS = 4096
+#: Most denoising steps a call may ask for (FLUX.1-dev uses 28-50; more only costs time).
+MAX_STEPS = 1000
 #: Images per VAE call when encoding condition images.
 VAE_CHUNK = 40
 
@@ -97,6 +100,9 @@ def generators_for_seeds(seeds: Sequence[int] | int, count: int, device: str | t
     seeds = list(seeds)
     if len(seeds) != count:
         raise InputError(f"got {len(seeds)} seeds for {count} images")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= int(s) < 2**64:
+            raise InputError(f"a seed must be an integer in [0, 2**64), got {s!r}")
     return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
 
 
@@ -241,8 +247,8 @@ class FaceMoGLEPipeline(FluxPipeline):
                 raise InputError(f"a prompt must be a string, got {type(p).__name__}")
             if len(p) > MAX_PROMPT_CHARS:
                 raise InputError(f"prompt of {len(p)} characters is too long (at most {MAX_PROMPT_CHARS})")
-        if int(num_inference_steps) < 1:
-            raise InputError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if not 1 <= int(num_inference_steps) <= MAX_STEPS:
+            raise InputError(f"num_inference_steps must be in 1..{MAX_STEPS}, got {num_inference_steps}")
         if int(num_images_per_prompt) < 1:
             raise InputError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
         if max_sequence_length > 512:
@@ -372,8 +378,11 @@ class FaceMoGLEPipeline(FluxPipeline):
         max_sequence_length = self.default_max_sequence_length if max_sequence_length is None else max_sequence_length
         guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
         mask_guidance_scale = self.default_mask_guidance_scale if mask_guidance_scale is None else mask_guidance_scale
-        height = int(height or self.default_sample_size * self.vae_scale_factor)
-        width = int(width or self.default_sample_size * self.vae_scale_factor)
+        height = int(self.default_sample_size * self.vae_scale_factor if height is None else height)
+        width = int(self.default_sample_size * self.vae_scale_factor if width is None else width)
+        for name, value in (("guidance_scale", guidance_scale), ("mask_guidance_scale", mask_guidance_scale)):
+            if not math.isfinite(float(value)):
+                raise InputError(f"{name} must be a finite number, got {value}")
         if output_type not in ("pil", "np", "pt", "latent"):
             raise InputError(f"output_type must be pil, np, pt or latent, got {output_type!r}")
         masks = _as_list(mask, None)

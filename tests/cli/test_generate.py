@@ -104,3 +104,23 @@ def test_checkpoint_holding_a_whole_pipeline(tmp_path, capsys):
     assert Image.open(out).size == (64, 64)  # the saved pipeline's own default size
     code, _, err = run_cli(capsys, "--checkpoint", str(tmp_path / "checkpoint-10"), "--lora", "x", "-o", str(out))
     assert code == 2 and "do not apply" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--size", "0"], "--size must be in 16..2048"),
+    (["--steps", "100000"], "--steps must be in 1..1000"),
+    (["--guidance", "nan"], "--guidance must be a finite number"),
+    (["--mask-guidance", "inf"], "--mask-guidance must be a finite number"),
+    (["--seed", str(2**70)], "--seed must be in"),
+    (["--seed", "-1"], "--seed must be in"),
+    (["--num-images", "0"], "--num-images"),
+])
+def test_bad_numbers_are_refused_before_the_model_loads(args, message, capsys, monkeypatch, tmp_path):
+    import facemogle.specs
+
+    monkeypatch.setattr(facemogle.specs, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["generate", *args, "-o", str(tmp_path / "face.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert main(["generate", "-o", str(tmp_path)]) == 2  # a folder where an image file is meant
+    assert "is a folder" in capsys.readouterr().err

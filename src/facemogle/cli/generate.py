@@ -62,6 +62,33 @@ def image_grid(images, columns: int | None = None):
     return grid
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """The numbers and the output path, before any model is loaded (the model checks the size's
+    multiple and the prompt again)."""
+    import math
+
+    from facemogle.masks import MAX_GENERATION_SIDE
+    from facemogle.pipeline import MAX_STEPS
+
+    if args.num_images < 1:
+        raise InputError(f"--num-images must be >= 1, got {args.num_images}")
+    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:
+        raise InputError(f"--steps must be in 1..{MAX_STEPS}, got {args.steps}")
+    if args.size is not None and not 16 <= args.size <= MAX_GENERATION_SIDE:
+        raise InputError(f"--size must be in 16..{MAX_GENERATION_SIDE} pixels, got {args.size}")
+    for name in ("guidance", "mask_guidance"):
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            raise InputError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    if not 0 <= args.seed < 2**64:
+        raise InputError(f"--seed must be in [0, 2**64), got {args.seed}")
+    output = Path(args.output)
+    if output.is_dir():
+        raise InputError(f"-o {output} is a folder; give an image file name")
+    if output.parent.exists() and not output.parent.is_dir():
+        raise InputError(f"-o {output}: {output.parent} is not a folder")
+
+
 def run(args: argparse.Namespace) -> int:
     from facemogle.specs import available_specs, load_pipeline
 
@@ -69,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
         for name, description in available_specs().items():
             print(f"{name:12s} {description}")
         return 0
-    if args.num_images < 1:
-        raise InputError(f"--num-images must be >= 1, got {args.num_images}")
+    check_arguments(args)
     model, options = resolve_model(args)
     if args.mask is not None and not Path(args.mask).is_file():
         raise InputError(f"mask file {args.mask} does not exist")
