@@ -66,6 +66,18 @@ class FaceMoGLEPipelineOutput(BaseOutput):
     images: Any
 
 
+def check_prompt(prompt) -> None:
+    """A prompt is a string of valid UTF-8 text of at most ``MAX_PROMPT_CHARS`` characters."""
+    if not isinstance(prompt, str):
+        raise InputError(f"a prompt must be a string, got {type(prompt).__name__}")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # e.g. undecodable bytes from the command line (surrogates)
+        raise InputError("the prompt is not valid UTF-8 text") from None
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InputError(f"prompt of {len(prompt)} characters is too long (at most {MAX_PROMPT_CHARS})")
+
+
 def _as_list(value, empty) -> list:
     if value is None:
         return [empty]
@@ -243,10 +255,7 @@ class FaceMoGLEPipeline(FluxPipeline):
     def check_inputs(self, prompts: list, height: int, width: int, num_inference_steps: int, num_images_per_prompt: int, max_sequence_length: int):
         check_size(height, width, multiple_of=self.size_multiple)
         for p in prompts:
-            if not isinstance(p, str):
-                raise InputError(f"a prompt must be a string, got {type(p).__name__}")
-            if len(p) > MAX_PROMPT_CHARS:
-                raise InputError(f"prompt of {len(p)} characters is too long (at most {MAX_PROMPT_CHARS})")
+            check_prompt(p)
         if not 1 <= int(num_inference_steps) <= MAX_STEPS:
             raise InputError(f"num_inference_steps must be in 1..{MAX_STEPS}, got {num_inference_steps}")
         if int(num_images_per_prompt) < 1:

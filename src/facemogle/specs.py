@@ -67,8 +67,29 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def load_pipeline(name: str, **options):
-    """Build the pipeline of the spec ``name`` (see :func:`available_specs`)."""
-    return get_spec(name).build(**options)
+    """Build the pipeline of the spec ``name`` (see :func:`available_specs`); a ``device`` option
+    is checked first (:func:`check_device`)."""
+    spec = get_spec(name)
+    if options.get("device") is not None:
+        options["device"] = check_device(options["device"])
+    return spec.build(**options)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` that this torch can use; ``InputError`` naming the problem
+    for an unknown device string or an accelerator this torch build or machine lacks."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"unknown device {str(device)!r}; use cpu, cuda, cuda:N or mps") from None
+    available = {"cpu": True, "meta": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if not available.get(device.type, False):
+        raise InputError(f"device {str(device)!r} is not available with this torch build ({torch.__version__}) "
+                         "on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def default_dtype(device: str | torch.device | None) -> torch.dtype:

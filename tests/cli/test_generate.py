@@ -124,3 +124,29 @@ def test_bad_numbers_are_refused_before_the_model_loads(args, message, capsys, m
     assert len(err.splitlines()) == 1 and message in err, err
     assert main(["generate", "-o", str(tmp_path)]) == 2  # a folder where an image file is meant
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_bad_device_and_prompt_are_one_line_errors(capsys, monkeypatch, tmp_path):
+    import facemogle.specs
+
+    monkeypatch.setattr(facemogle.specs, "get_spec", lambda *a, **k: pytest.fail("the model was looked up"))
+    for args, message in ((["--device", "banana"], "unknown device 'banana'"),
+                          (["--prompt", "a\udcffb"], "not valid UTF-8"),  # an undecodable byte from argv
+                          (["--device", "cuda:7"], "cuda:7")):
+        assert main(["generate", *args, "-o", str(tmp_path / "f.png")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_check_device():
+    import torch
+
+    from facemogle.errors import InputError
+    from facemogle.specs import check_device
+
+    assert check_device("cpu") == torch.device("cpu")
+    with pytest.raises(InputError, match="unknown device"):
+        check_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="not available"):
+            check_device("cuda")

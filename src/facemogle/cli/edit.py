@@ -61,6 +61,12 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.grow is not None and args.grow < 0:
         raise InputError(f"--grow must be >= 0 pixels, got {args.grow}")
     class_ids(args.regions)
+    from facemogle.pipeline import check_prompt
+    from facemogle.specs import check_device
+
+    check_prompt(args.prompt)
+    if args.device:
+        check_device(args.device)
 
 
 def run(args: argparse.Namespace) -> int:

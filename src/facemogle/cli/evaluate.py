@@ -148,6 +148,7 @@ def _evaluation_settings(args: argparse.Namespace, metrics: str, seed: int):
     import torch
 
     from facemogle.eval.evaluate import EvaluationSettings, parse_metrics
+    from facemogle.specs import check_device
 
     return EvaluationSettings(
         generated=args.generated,
@@ -162,7 +163,7 @@ def _evaluation_settings(args: argparse.Namespace, metrics: str, seed: int):
         parser=args.parser,
         image_reward=args.image_reward,
         batch_size=DEFAULT_METRIC_BATCH_SIZE if args.batch_size is None else args.batch_size,
-        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        device=str(check_device(args.device)) if args.device else ("cuda" if torch.cuda.is_available() else "cpu"),
         local_files_only=args.offline,
         cache=not args.no_cache,
         cache_dir=args.cache_dir,
@@ -209,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
 def run_protocol(args: argparse.Namespace) -> int:
     """``--protocol NAME DATA_DIR``: generate the protocol's images, then evaluate them."""
     from facemogle.eval import paper_protocol
+    from facemogle.specs import check_device
+
     stray = _given(args, FOLDER_OPTIONS)
     if stray:
         raise InputError(f"{', '.join(stray)} cannot be combined with --protocol (they come from DATA_DIR)")
@@ -232,7 +235,7 @@ def run_protocol(args: argparse.Namespace) -> int:
         size=size if args.size is None else args.size,
         seed=PAPER_SEED if args.seed is None else args.seed,
         batch_size=DEFAULT_GENERATION_BATCH_SIZE if args.batch_size is None else args.batch_size,
-        device=args.device,
+        device=str(check_device(args.device)) if args.device else None,
     )
     settings = paper_protocol.ProtocolSettings(
         protocol=args.protocol,

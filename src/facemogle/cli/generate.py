@@ -68,7 +68,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     import math
 
     from facemogle.masks import MAX_GENERATION_SIDE
-    from facemogle.pipeline import MAX_STEPS
+    from facemogle.pipeline import MAX_STEPS, check_prompt
+    from facemogle.specs import check_device
 
     if args.num_images < 1:
         raise InputError(f"--num-images must be >= 1, got {args.num_images}")
@@ -80,6 +81,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and not math.isfinite(value):
             raise InputError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    check_prompt(args.prompt)
+    if args.device:
+        check_device(args.device)
     if not 0 <= args.seed < 2**64:
         raise InputError(f"--seed must be in [0, 2**64), got {args.seed}")
     output = Path(args.output)
