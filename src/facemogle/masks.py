@@ -111,8 +111,8 @@ def load_mask(
         FileNotFoundError / IsADirectoryError / PermissionError: the path cannot be opened.
     """
     _check_order(order)
-    if max_color_distance < 0:
-        raise InputError(f"max_color_distance must be >= 0, got {max_color_distance}")
+    if not 0 <= max_color_distance <= 255:  # NaN fails this too
+        raise InputError(f"max_color_distance must be >= 0 and <= 255, got {max_color_distance}")
 
     if isinstance(source, (str, os.PathLike)):
         return _load_mask_file(Path(source), order, max_color_distance)
@@ -128,6 +128,8 @@ def load_mask(
 
 def _load_mask_file(path: Path, order: str, max_color_distance: float) -> np.ndarray:
     name = str(path)
+    if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO or device would block or never end
+        raise MaskError(f"{name} is not a regular file")
     try:
         handle = open(path, "rb")
     except (FileNotFoundError, IsADirectoryError, PermissionError):

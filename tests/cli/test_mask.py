@@ -148,3 +148,18 @@ def test_bad_outputs_and_options_give_one_line_errors(capsys, tmp_path):
     _assert_one_line_error(code, err, "applies only to id masks")
     code, _, err = _run(capsys, "show", tmp_path / "colour.png", "-o", tmp_path / "out.png", "--max-color-distance", "-3")
     _assert_one_line_error(code, err, "max_color_distance must be >= 0")
+
+
+def test_a_fifo_or_a_nan_bound_is_refused_without_hanging(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "mask.png"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer comes
+    assert main(["mask", "show", str(fifo), "-o", str(tmp_path / "l.png")]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+    from facemogle.masks import EXAMPLE_MASK as example
+
+    for bound in ("nan", "-1", "300"):
+        assert main(["mask", "show", str(example), "--max-color-distance", bound, "-o", str(tmp_path / "l.png")]) == 2
+        assert "max_color_distance must be >= 0 and <= 255" in capsys.readouterr().err
+    assert not (tmp_path / "l.png").exists()

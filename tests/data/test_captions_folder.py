@@ -97,3 +97,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
     assert main(["caption", str(broken), "--sentences", "0"]) == 2
     assert "--sentences" in capsys.readouterr().err
+
+
+def test_caption_command_bounds_the_sentences(tmp_path, capsys):
+    from facemogle.cli import main
+
+    assert main(["caption", str(tmp_path), "--sentences", "1000000000"]) == 2
+    assert "--sentences must be in 1..100" in capsys.readouterr().err

@@ -14,6 +14,10 @@ from facemogle.data.captions import DEFAULT_SENTENCES, EVIDENCE_JSON, TEXT_FOLDE
 from facemogle.errors import InputError
 
 
+#: Most sentences per image (each is a different wording of the same facts; the paper's data has 10).
+MAX_SENTENCES = 100
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "caption",
@@ -42,8 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.sentences < 1:
-        raise InputError(f"--sentences must be at least 1, got {args.sentences}")
+    if not 1 <= args.sentences <= MAX_SENTENCES:
+        raise InputError(f"--sentences must be in 1..{MAX_SENTENCES}, got {args.sentences}")
     out = args.folder if args.out is None else args.out
     captions = caption_folder(
         args.folder,
