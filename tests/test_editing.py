@@ -50,7 +50,7 @@ def test_region_is_the_change_plus_named_classes_grown():
 
 def test_outside_the_region_the_photo_is_kept_bit_for_bit(random_pipe, face):
     photo, source, edited = face
-    out = random_pipe.edit(photo, edited, source_mask=source, seed=3, num_inference_steps=3)
+    out = random_pipe.edit(photo, edited, source_mask=source, seed=3, num_inference_steps=3, watermark=False)
     result, pixels = np.asarray(out.images[0]), np.asarray(photo)
     assert result.shape == pixels.shape and out.region.shape == source.shape
     assert 0 < out.region.mean() < 0.5 and (out.region >= (edited != source)).all()
@@ -58,7 +58,7 @@ def test_outside_the_region_the_photo_is_kept_bit_for_bit(random_pipe, face):
     assert np.abs(result[out.region].astype(int) - pixels[out.region]).mean() > 5  # the region was redrawn
     # a photo that is not square, nor a multiple of the token size, keeps its own size
     crop, crop_source, crop_edited = photo.crop((0, 0, 500, 300)), source[:300, :500], edited[:300, :500]
-    out = random_pipe.edit(crop, crop_edited, source_mask=crop_source, seed=3, num_inference_steps=2)
+    out = random_pipe.edit(crop, crop_edited, source_mask=crop_source, seed=3, num_inference_steps=2, watermark=False)
     assert out.images[0].size == (500, 300)
     assert np.array_equal(np.asarray(out.images[0])[~out.region], np.asarray(crop)[~out.region])
 
@@ -83,9 +83,22 @@ def test_every_model_spec_edits(golden_dir, face):
     flux = load_pipeline("flux-dev", base=golden_dir / "tiny-flux", lora=golden_dir / "pytorch_lora_weights.safetensors",
                          mogle=golden_dir / "global_local_mask_moe.pt", device="cpu")
     for pipe in (flux, load_pipeline("tiny")):
-        out = pipe.edit(photo, edited, source_mask=source, seed=0, num_inference_steps=2, size=64)
+        out = pipe.edit(photo, edited, source_mask=source, seed=0, num_inference_steps=2, size=64, watermark=False)
         assert out.images[0].size == photo.size
         assert np.array_equal(np.asarray(out.images[0])[~out.region], np.asarray(photo)[~out.region])
+
+
+def test_an_edited_photo_carries_the_mark_unless_asked_not_to(random_pipe, face):
+    from facemogle.eval.watermark_benchmark import psnr
+    from facemogle.provenance import read_mark
+
+    photo, source, edited = face
+    marked = random_pipe.edit(photo, edited, source_mask=source, seed=3, num_inference_steps=2)
+    plain = random_pipe.edit(photo, edited, source_mask=source, seed=3, num_inference_steps=2, watermark=False)
+    reading = read_mark(marked.images[0])
+    assert reading.present and reading.model_spec == "tiny-random" and not read_mark(plain.images[0]).present
+    assert '"edit": true' in marked.images[0].info["parameters"]
+    assert psnr(marked.images[0], plain.images[0]) >= 38
 
 
 @pytest.mark.parametrize("kind", ["hair-shrunk", "eyeglasses-removed", "hair-grown"])
@@ -103,7 +116,7 @@ def test_the_shipped_model_follows_the_edited_mask(mini_dataset_dir, kind):
         if edited is None:
             continue
         photo = Image.open(record.image).convert("RGB")
-        out = pipe.edit(photo, edited, source_mask=source, regions=EDIT_REGIONS.get(kind), seed=0)
+        out = pipe.edit(photo, edited, source_mask=source, regions=EDIT_REGIONS.get(kind), seed=0, watermark=False)
         before.append(changed_class_iou(parser.parse(photo), edited, source))
         after.append(changed_class_iou(parser.parse(out.images[0]), edited, source))
         if len(after) == 3:

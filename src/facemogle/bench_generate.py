@@ -9,7 +9,7 @@ so that a change in the machine's load hits both alike:
 * **text-only**: the same prompt and no mask (the pipeline then conditions on the empty mask).
 
 Each timed call is the whole ``pipe(...)``: text encoding, mask encoding, the denoising loop and
-VAE decoding to a PIL image. The report gives the median (the headline number), min and every
+VAE decoding to a PIL image and its watermark (:mod:`facemogle.provenance`). The report gives the median (the headline number), min and every
 run, plus what was measured: spec, size, steps, threads and the torch version.
 """
 

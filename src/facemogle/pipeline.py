@@ -44,7 +44,9 @@ from facemogle.files import LORA_WEIGHT_NAME
 from facemogle.latents import decode_tokens, latent_image_ids, pack_latents
 from facemogle.masks import check_size, load_mask, resize_mask
 from facemogle.mogle import MoGLE
-from facemogle.sampling import Conditioning, StepHook, StepState, denoise, flux_timesteps, guided_prediction, with_empty_mask
+from facemogle.provenance import mark_generated
+from facemogle.sampling import (Conditioning, StepHook, StepState, denoise, flux_timesteps, generators_for_call,
+                                guided_prediction, with_empty_mask)
 
 logger = logging.getLogger(__name__)
 
@@ -105,19 +107,6 @@ def onload(module: torch.nn.Module) -> None:
         hook.pre_forward(module)
 
 
-def generators_for_seeds(seeds: Sequence[int] | int, count: int, device: str | torch.device = "cpu") -> list[torch.Generator]:
-    """One ``torch.Generator`` per image: ``seeds`` as given, or ``seed, seed+1, ...`` for an int."""
-    if isinstance(seeds, int):
-        seeds = [seeds + i for i in range(count)]
-    seeds = list(seeds)
-    if len(seeds) != count:
-        raise InputError(f"got {len(seeds)} seeds for {count} images")
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= int(s) < 2**64:
-            raise InputError(f"a seed must be an integer in [0, 2**64), got {s!r}")
-    return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
-
-
 def _has_condition_lora(transformer) -> bool:
     return CONDITION_ADAPTER_NAME in getattr(transformer, "peft_config", {})
 
@@ -150,6 +139,8 @@ class FaceMoGLEPipeline(FluxPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->vae->mogle->transformer"
+    #: The model spec that built this pipeline (set by :func:`facemogle.specs.load_pipeline`; in the watermark).
+    model_spec = "unknown"
     _callback_tensor_inputs = ["latents", "prompt_embeds", "noise_pred", "condition_tokens", "gate_weights"]
     _optional_components = ["image_encoder", "feature_extractor"]
 
@@ -345,6 +336,7 @@ class FaceMoGLEPipeline(FluxPipeline):
         callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         step_hooks: Sequence[StepHook] = (),
+        watermark: bool = True,
     ):
         r"""Generate faces.
 
@@ -370,7 +362,8 @@ class FaceMoGLEPipeline(FluxPipeline):
                 Image *i* for seed *s* equals a single-image call with seed *s*.
             latents: optional initial noise (B, N, 64).
             mask_order: ``"official"`` or ``"bisenet"`` label order of id masks.
-            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``. Only PIL images are marked
+                (``watermark``); ``"np"``, ``"pt"`` and ``"latent"`` outputs are never marked.
             callback_on_step_end: diffusers' per-step callback ``(pipe, i, t, tensors) -> dict``;
                 ``tensors`` holds the names in ``callback_on_step_end_tensor_inputs`` among
                 ``latents``, ``prompt_embeds``, ``noise_pred``, ``condition_tokens`` (MoGLE's output)
@@ -378,6 +371,9 @@ class FaceMoGLEPipeline(FluxPipeline):
                 A returned ``{"latents": ...}`` replaces the latents.
             step_hooks: :class:`facemogle.sampling.StepHook` objects run at every step (after the
                 callback), the hook point for features that change the denoising loop.
+            watermark: PIL outputs carry the invisible watermark and their generation parameters
+                (:mod:`facemogle.provenance`; images under 512 px are upscaled to 512 px to be
+                marked). ``False`` opts out: the images are the model's own, at the asked size.
 
         Returns:
             :class:`FaceMoGLEPipelineOutput` (or a tuple when ``return_dict=False``).
@@ -403,7 +399,7 @@ class FaceMoGLEPipeline(FluxPipeline):
             raise InputError(f"callback_on_step_end_tensor_inputs: unknown names {sorted(unknown)} "
                              f"(known: {', '.join(self._callback_tensor_inputs)})")
         total = pairs * num_images_per_prompt
-        generators = _generators(seed, generator, total)
+        generators = generators_for_call(seed, generator, total)
         device = self._execution_device
         self._guidance_scale = guidance_scale
         self._interrupt = False
@@ -445,6 +441,10 @@ class FaceMoGLEPipeline(FluxPipeline):
 
         # 5. decode
         images = self.decode_latents(latents, height, width, output_type)
+        if output_type == "pil" and watermark:
+            images = mark_generated(images, self.model_spec, seed=seed, steps=num_inference_steps, size=[width, height],
+                                    prompts=[prompts[i] for i in prompt_index], guidance=guidance_scale,
+                                    mask_guidance=mask_guidance_scale)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
@@ -474,20 +474,6 @@ class _CallbackHook(StepHook):
 def _per_image(given: int, pairs: int, per_pair: int) -> list[int]:
     """Index of each image's input among ``given`` inputs (one input is broadcast to every pair)."""
     return [pair if given > 1 else 0 for pair in range(pairs) for _ in range(per_pair)]
-
-
-def _generators(seed, generator, total: int) -> list[torch.Generator] | torch.Generator | None:
-    """One generator per image from ``seed`` (int or list) or ``generator`` (one, or one per image)."""
-    if seed is not None:
-        if generator is not None:
-            raise InputError("give either seed or generator, not both")
-        return generators_for_seeds(seed, total)
-    if isinstance(generator, torch.Generator) and total > 1:
-        draws = torch.randint(0, 2**62, (total,), generator=generator).tolist()
-        return generators_for_seeds(draws, total, generator.device)
-    if isinstance(generator, list) and len(generator) != total:
-        raise InputError(f"got {len(generator)} generators for {total} images")
-    return generator
 
 
 class _TruncationNotices(logging.Filter):

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from facemogle.condition import condition_forward
+from facemogle.errors import InputError
 
 
 @dataclass
@@ -191,3 +192,33 @@ def denoise(predict: Callable[[torch.Tensor, torch.Tensor], Prediction], schedul
         if progress_bar is not None:
             progress_bar.update()
     return latents
+
+
+# ----------------------------------------------------------------------------------- noise
+
+
+def generators_for_seeds(seeds: Sequence[int] | int, count: int, device: str | torch.device = "cpu") -> list[torch.Generator]:
+    """One ``torch.Generator`` per image: ``seeds`` as given, or ``seed, seed+1, ...`` for an int."""
+    if isinstance(seeds, int):
+        seeds = [seeds + i for i in range(count)]
+    seeds = list(seeds)
+    if len(seeds) != count:
+        raise InputError(f"got {len(seeds)} seeds for {count} images")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= int(s) < 2**64:
+            raise InputError(f"a seed must be an integer in [0, 2**64), got {s!r}")
+    return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+
+
+def generators_for_call(seed, generator, total: int) -> list[torch.Generator] | torch.Generator | None:
+    """One generator per image from ``seed`` (int or list) or ``generator`` (one, or one per image)."""
+    if seed is not None:
+        if generator is not None:
+            raise InputError("give either seed or generator, not both")
+        return generators_for_seeds(seed, total)
+    if isinstance(generator, torch.Generator) and total > 1:
+        draws = torch.randint(0, 2**62, (total,), generator=generator).tolist()
+        return generators_for_seeds(draws, total, generator.device)
+    if isinstance(generator, list) and len(generator) != total:
+        raise InputError(f"got {len(generator)} generators for {total} images")
+    return generator

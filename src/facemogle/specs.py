@@ -72,7 +72,9 @@ def load_pipeline(name: str, **options):
     spec = get_spec(name)
     if options.get("device") is not None:
         options["device"] = check_device(options["device"])
-    return spec.build(**options)
+    pipe = spec.build(**options)
+    pipe.model_spec = name
+    return pipe
 
 
 def check_device(device: str | torch.device) -> torch.device:

@@ -28,7 +28,7 @@ def test_edit_writes_the_photo_with_only_the_region_changed(files, capsys):
     photo, source, edited, folder = files
     out, region = folder / "out.png", folder / "region.png"
     assert main(["edit", str(photo), "--mask", str(edited), "--source-mask", str(source), "--model", "tiny-random",
-                 "--steps", "2", "--seed", "1", "--show-region", str(region), "-o", str(out)]) == 0
+                 "--steps", "2", "--seed", "1", "--show-region", str(region), "--no-watermark", "-o", str(out)]) == 0
     assert capsys.readouterr().out.split() == [str(region), str(out)]
     inside = np.asarray(Image.open(region)) == 255
     result, pixels = np.asarray(Image.open(out)), np.asarray(Image.open(photo).convert("RGB"))

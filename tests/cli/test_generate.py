@@ -27,7 +27,7 @@ def test_golden_command_reproduces_reference_png(golden_dir, fixtures_dir, tmp_p
         "--mogle", str(golden_dir / "global_local_mask_moe.pt"),
         "--mask", str(fixtures_dir / "masks" / "27000.png"),
         "--prompt", GOLDEN_PROMPT,
-        "--size", "64", "--steps", "4", "--guidance", "3.5", "--seed", "0",
+        "--size", "64", "--steps", "4", "--guidance", "3.5", "--seed", "0", "--no-watermark",
         "-o", str(out),
     )
     assert code == 0 and str(out) in stdout
@@ -45,13 +45,14 @@ def test_several_images_and_a_grid(fixtures_dir, tmp_path, capsys):
     assert code == 0
     names = sorted(p.name for p in out.parent.iterdir())
     assert names == ["face-0.png", "face-1.png", "face-2.png", "face-grid.png"]
-    assert Image.open(out.parent / "face-grid.png").size == (3 * 64, 64)
+    assert Image.open(out.parent / "face-grid.png").size == (3 * 512, 512)  # faces upscaled to carry the mark
     first, second = (np.asarray(Image.open(out.parent / f"face-{i}.png")) for i in (0, 1))
     assert not np.array_equal(first, second)  # seed, seed+1
 
 
 def test_text_only_generation(tmp_path, capsys):
-    code, _, _ = run_cli(capsys, "--model", "tiny-random", "--prompt", "A person with red hair.", "--steps", "1", "-o", str(tmp_path / "t.png"))
+    code, _, _ = run_cli(capsys, "--model", "tiny-random", "--prompt", "A person with red hair.", "--steps", "1",
+                         "--no-watermark", "-o", str(tmp_path / "t.png"))
     assert code == 0 and Image.open(tmp_path / "t.png").size == (64, 64)
 
 
@@ -99,7 +100,8 @@ def test_checkpoint_holding_a_whole_pipeline(tmp_path, capsys):
 
     load_pipeline("tiny-random", seed=3).save_pretrained(tmp_path / "checkpoint-10" / "pipeline")
     out = tmp_path / "o.png"
-    code, _, err = run_cli(capsys, "--checkpoint", str(tmp_path / "checkpoint-10"), "--steps", "1", "-o", str(out))
+    code, _, err = run_cli(capsys, "--checkpoint", str(tmp_path / "checkpoint-10"), "--steps", "1", "--no-watermark",
+                           "-o", str(out))
     assert code == 0, err
     assert Image.open(out).size == (64, 64)  # the saved pipeline's own default size
     code, _, err = run_cli(capsys, "--checkpoint", str(tmp_path / "checkpoint-10"), "--lora", "x", "-o", str(out))

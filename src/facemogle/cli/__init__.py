@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "facemogle.cli.mask",
     "facemogle.cli.generate",
     "facemogle.cli.edit",
+    "facemogle.cli.detect",
     "facemogle.cli.evaluate",
     "facemogle.cli.parse",
     "facemogle.cli.train",

@@ -2,6 +2,7 @@
 
 Sub-commands (one function each, registered in ``BENCHMARKS``; add e.g. ``generate`` there):
 
+* ``watermark``: the invisible mark's robustness and false positives (facemogle.eval.watermark_benchmark);
 * ``edit``: scripted mask edits of held-out photos (facemogle.eval.edit_benchmark), scored by the parser;
 * ``train``: training steps/s with the latent cache vs encoding the image, the 20 condition
   images and the text every step (the reference's way), on the tiny-random preset.
@@ -114,6 +115,42 @@ def _bench_edit(args: argparse.Namespace) -> dict:
     return {"model": args.model or DEFAULT_MODEL, "threads": torch.get_num_threads(), **report}
 
 
+def _watermark_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, metavar="SPEC", help="model spec name (default: the default model)")
+    p.add_argument("--data", default="../shared/data/celebamask-hq-mini", metavar="DIR",
+                   help="dataset whose masks the faces are drawn from (default ../shared/data/celebamask-hq-mini)")
+    p.add_argument("--real", nargs="*", default=["../shared/data"], metavar="DIR",
+                   help="folders searched (recursively) for real images to check for false positives (default ../shared/data)")
+    p.add_argument("--faces", type=int, default=200, help="generated faces (default 200)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def _bench_watermark(args: argparse.Namespace) -> dict:
+    import torch
+
+    from facemogle.errors import InputError
+    from facemogle.eval.watermark_benchmark import bench_watermark
+    from facemogle.files import IMAGE_EXTENSIONS, files_by_stem
+    from facemogle.specs import DEFAULT_MODEL, load_pipeline
+
+    if args.faces < 1:
+        raise InputError(f"--faces must be >= 1, got {args.faces}")
+    masks_dir = Path(args.data) / "masks"
+    if not masks_dir.is_dir():
+        raise InputError(f"--data {args.data} has no masks/ folder")
+    masks = list(files_by_stem(masks_dir).values())
+    masks = [masks[i % len(masks)] for i in range(args.faces)]
+    real = sorted(p for root in args.real for p in Path(root).rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    prompts = [WATERMARK_PROMPTS[i % len(WATERMARK_PROMPTS)] for i in range(args.faces)]
+    return bench_watermark(load_pipeline(args.model or DEFAULT_MODEL), masks, prompts, real)
+
+
+WATERMARK_PROMPTS = ("This person has long brown hair and is smiling.", "This person has blond hair.",
+                     "This person wears eyeglasses.", "This person has black hair and a closed mouth.", "")
+
 #: Edit kinds of ``facemogle bench edit`` (facemogle.eval.edit_benchmark.EDIT_KINDS; listed here so
 #: that building the command line imports no torch).
 EDIT_KIND_NAMES = ("hair-grown", "hair-shrunk", "eyeglasses-removed", "mouth-opened")
@@ -124,6 +161,8 @@ BENCHMARKS = {
                  _bench_generate),
     "edit": ("photo edits on held-out faces: region IoU of the edited classes before/after, s per edit",
              _edit_arguments, _bench_edit),
+    "watermark": ("watermark detection after JPEG, resizing, cropping, re-saving; false positives on real photos",
+                  _watermark_arguments, _bench_watermark),
 }
 
 

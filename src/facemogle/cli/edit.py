@@ -40,6 +40,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--show-region", type=Path, default=None, metavar="REGION.png",
                    help="also write the region it regenerates (white) as a PNG")
+    p.add_argument("--no-watermark", action="store_true",
+                   help="no invisible watermark / provenance metadata: then every pixel outside the region is the photo's own")
     p.add_argument("-o", "--output", type=Path, required=True, help="the edited photo (.png, .jpg or .webp)")
     p.set_defaults(func=run)
 
@@ -72,6 +74,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from facemogle.provenance import save_image
     from facemogle.specs import load_pipeline
 
     from facemogle.editing import plan_edit
@@ -87,13 +90,11 @@ def run(args: argparse.Namespace) -> int:
     out = pipe.edit(plan.photo, plan.edited, source_mask=plan.source, regions=args.regions, prompt=args.prompt,
                     strength=args.strength, seed=args.seed, size=args.size, **grow,
                     num_inference_steps=args.steps, guidance_scale=args.guidance,
-                    mask_guidance_scale=args.mask_guidance)
+                    mask_guidance_scale=args.mask_guidance, watermark=not args.no_watermark)
     if args.show_region is not None:
         region = Image.fromarray(out.region.astype("uint8") * 255)
         atomic_write(args.show_region, lambda tmp: region.save(tmp, format="PNG"))
         print(args.show_region)
-    edited = out.images[0]
-    image_format = "JPEG" if args.output.suffix.lower() in (".jpg", ".jpeg") else args.output.suffix[1:].upper()
-    atomic_write(args.output, lambda tmp: edited.save(tmp, format=image_format))
+    save_image(out.images[0], args.output)
     print(args.output)
     return 0

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from facemogle.cli.model_options import add_model_arguments, resolve_model
 from facemogle.errors import InputError
-from facemogle.files import atomic_write
 
 PAPER_SEED = 42
 
@@ -33,6 +32,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--size", type=int, default=None, help="output height and width in pixels (default: the model's)")
     p.add_argument("--num-images", type=int, default=1, help="images to generate; with more than one a grid is written too")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--no-watermark", action="store_true",
+                   help="write the images without the invisible watermark and provenance metadata (see README: "
+                   "images under 512 px are otherwise upscaled to 512 px to carry the mark)")
     p.add_argument("-o", "--output", default="out.png", help="output PNG (with --num-images K > 1: OUT-0.png .. and OUT-grid.png)")
     p.set_defaults(func=run)
 
@@ -94,6 +96,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from facemogle.provenance import mark_image, save_image
     from facemogle.specs import available_specs, load_pipeline
 
     if args.list_models:
@@ -117,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance,
         mask_guidance_scale=args.mask_guidance,
         mask_order=args.mask_order,
+        watermark=not args.no_watermark,
     )
     if args.steps is not None:
         call["num_inference_steps"] = args.steps
@@ -126,10 +130,12 @@ def run(args: argparse.Namespace) -> int:
 
     for img, path in zip(images, image_paths):
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp, img=img: img.save(tmp, format="PNG"))
+        save_image(img, path)
         print(path)
     if grid_path is not None:
         grid = image_grid(images)
-        atomic_write(grid_path, lambda tmp: grid.save(tmp, format="PNG"))
+        if not args.no_watermark:
+            grid = mark_image(grid, pipe.model_spec, {"grid_of": [str(p) for p in image_paths]})
+        save_image(grid, grid_path)
         print(grid_path)
     return 0

@@ -111,7 +111,8 @@ def bench_edit(pipe, parser, pairs: Sequence[tuple[str, Path, Path]], kinds: Seq
                 continue
             photo = Image.open(photo_path).convert("RGB")
             started = time.perf_counter()
-            out = pipe.edit(photo, edited, source_mask=source, regions=EDIT_REGIONS.get(kind), seed=seed)
+            out = pipe.edit(photo, edited, source_mask=source, regions=EDIT_REGIONS.get(kind), seed=seed,
+                            watermark=False)  # the edit itself is scored; the mark is measured by bench watermark
             seconds = time.perf_counter() - started
             result = np.asarray(out.images[0])
             outside = ~out.region

@@ -331,6 +331,7 @@ def generate_images(
                 guidance_scale=generation.guidance,
                 output_type="pil",
                 step_hooks=step_hooks,
+                watermark=False,  # images measured as the model made them; they stay in the work dir
             )
             for image, picture in zip(batch, output.images):
                 atomic_write(output_dir / f"{image.stem}{GENERATED_SUFFIX}",

@@ -119,7 +119,7 @@ def evaluate_tiny_model(model_dir: Path, work_dir: Path, data_root: Path, parser
         recorder = GateRecorder(pipe.mogle)
         pipe(mask=[image.mask for image in images[:GENERATION_BATCH_SIZE]],
              prompt=captions[:GENERATION_BATCH_SIZE], height=SIZE, width=SIZE, num_inference_steps=STEPS,
-             seed=seed, step_hooks=[recorder])
+             seed=seed, step_hooks=[recorder], output_type="latent")
         averaged, gate_faces = recorder.steps[:STEPS], len(images[:GENERATION_BATCH_SIZE])
     if gate_faces < len(stems):
         print(f"gate weights from {gate_faces} faces only (the other images were reused); delete "
