@@ -15,3 +15,7 @@ class CheckpointError(FaceMoGLEError):
 
 class InputError(FaceMoGLEError):
     """Any other invalid argument: sizes, prompts, seeds, options."""
+
+
+class TrainingError(FaceMoGLEError):
+    """Training cannot go on (a NaN or infinite loss); nothing of the broken step is saved."""

@@ -70,6 +70,40 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
+class AllOrNothing:
+    """Several output files written all or none (``with AllOrNothing() as out:``).
+
+    ``out.partial(path)`` names a hidden file beside ``path`` to write instead; when the block ends
+    normally every partial file is renamed onto its destination, and when it raises (an unreadable
+    input, a full disk, Ctrl-C) the partial files are deleted and every destination keeps what it
+    held before. Memory does not grow with the number of files: each can be written as it is made.
+    """
+
+    def __init__(self):
+        self.staged: list[tuple[Path, Path]] = []
+
+    def partial(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        hidden = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+        self.staged.append((hidden, path))
+        return hidden
+
+    def __enter__(self) -> "AllOrNothing":
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        try:
+            if exc_type is None:
+                for hidden, path in self.staged:
+                    os.replace(hidden, path)
+                for folder in {path.parent for _, path in self.staged}:
+                    fsync_dir(folder)
+        finally:
+            for hidden, _ in self.staged:
+                hidden.unlink(missing_ok=True)
+        return False
+
+
 def atomic_torch_save(path: str | os.PathLike, obj) -> Path:
     import torch
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import os
 import struct
-import warnings
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
@@ -127,31 +126,18 @@ def load_mask(
 
 
 def _load_mask_file(path: Path, order: str, max_color_distance: float) -> np.ndarray:
-    name = str(path)
-    if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO or device would block or never end
-        raise MaskError(f"{name} is not a regular file")
+    from facemogle.images import decode_image_file  # the one image decoder (pixel cap, truncation)
+
     try:
-        handle = open(path, "rb")
+        image = decode_image_file(path, what="mask", max_pixels=MAX_MASK_PIXELS, error=MaskError)
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise  # standard meaning; the CLI reports them as one line
+    except MaskError:
+        raise
     except OSError as err:  # e.g. a path component is a file (NotADirectoryError)
-        raise MaskError(f"cannot open {name}: {err.strerror or err}") from err
-    with handle:
-        if os.fstat(handle.fileno()).st_size == 0:
-            raise MaskError(f"{name} is an empty file, not a mask image")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(handle)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise MaskError(
-                f"{name} declares an image too large to decode as a mask "
-                f"(limit {MAX_MASK_PIXELS:,} pixels = {MAX_MASK_SIDE}x{MAX_MASK_SIDE}): {err}"
-            ) from err
-        except _DECODE_ERRORS as err:
-            raise MaskError(f"{name} is not an image file that can be read ({err})") from err
-        with image:
-            return _decode_image(image, order, max_color_distance, name=name)
+        raise MaskError(f"cannot open {path}: {err.strerror or err}") from err
+    with image:
+        return _decode_image(image, order, max_color_distance, name=str(path))
 
 
 def _decode_image(image: Image.Image, order: str, max_color_distance: float, *, name: str) -> np.ndarray:

@@ -87,7 +87,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     (broken / "images" / "x.jpg").write_bytes(b"not a jpeg")
     assert main(["caption", str(broken), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "cannot read photo" in err and "x.jpg" in err and "Traceback" not in err
+    assert "is not an image file that can be read" in err and "x.jpg" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()  # nothing half-written
 
     write_pair(broken, "x")

@@ -52,3 +52,37 @@ def test_cli_parse_errors_are_one_line(tmp_path, tiny_parser_dir, capsys):
         assert cli_main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("facemogle parse: error:") and message in err and "\n" not in err
+
+
+def test_cli_parse_writes_all_masks_or_none(tmp_path, tiny_parser_dir, capsys):
+    """An unreadable third photo is found before any work; a failure while writing keeps the old files."""
+    for name in ("a", "b"):
+        random_photo(16, 16).save(tmp_path / f"{name}.png")
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "c.png").write_bytes(data[: len(data) // 2])  # truncated
+    out = tmp_path / "masks"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"old mask")
+    argv = ["parse", *(str(tmp_path / f"{n}.png") for n in "abc"), "-o", str(out), "--parser", str(tiny_parser_dir)]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "c.png" in err and "truncated" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"] and (out / "a.png").read_bytes() == b"old mask"
+
+    import facemogle.masks
+
+    real_save, calls = facemogle.masks.save_mask, []
+
+    def failing(ids, path, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_save(ids, path, **kwargs)
+
+    facemogle.masks.save_mask = failing
+    try:
+        assert cli_main(argv[:3] + argv[4:]) == 2
+    finally:
+        facemogle.masks.save_mask = real_save
+    assert "none was written" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"] and (out / "a.png").read_bytes() == b"old mask"

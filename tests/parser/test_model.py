@@ -58,7 +58,7 @@ def test_parse_keeps_training_mode_and_rejects_bad_input(tmp_path):
     parser.parse(random_photo(16, 16))
     assert parser.training
     (tmp_path / "not_an_image.jpg").write_text("hello")
-    with pytest.raises(InputError, match="not a readable image"):
+    with pytest.raises(InputError, match="is not an image file that can be read"):
         parser.parse(tmp_path / "not_an_image.jpg")
     with pytest.raises(InputError, match="at least one image"):
         parser.parse([])

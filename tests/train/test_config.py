@@ -107,7 +107,12 @@ def test_cli_refuses_before_any_work(tmp_path, capsys):
     assert "data.root" in err and "train.batch_size: must be >= 1, got 0" in err
     assert not out.exists()  # nothing was created
     assert main(["train", str(path), "--max-steps", "0"]) == 2
-    assert "train.max_steps: must be >= 1, got 0" in capsys.readouterr().err
+    assert "--max-steps must be in 1..1000000000, got 0" in capsys.readouterr().err
+    # --result-json is checked before training, not after it
+    assert main(["train", str(path), "--result-json", str(tmp_path / "missing" / "run.json")]) == 2
+    assert "--result-json" in capsys.readouterr().err and not out.exists()
+    assert main(["train", str(tmp_path / "nope.yaml")]) == 2
+    assert "config " in capsys.readouterr().err
 
 
 def test_yaml_floats_without_a_dot_are_numbers(tmp_path):
@@ -134,3 +139,20 @@ def test_initial_weights_that_do_not_fit_the_config_are_refused(tmp_path):
     config = config_from_dict(tiny_config(data, tmp_path / "out", model={"init_lora": lora, "lora_rank": 8,
                                                                          "init_mogle": str(tmp_path / "mogle.pt")}))
     assert config.model.lora_rank == 8
+
+
+def test_a_yaml_alias_bomb_is_refused(tmp_path):
+    """10 levels of 10 aliases: 10**10 values once expanded (validating them would never end)."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, 10):
+        lines.append(f"a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * 10) + "]")
+    lines.append("output_dir: *a9")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="expands to more than 100000 values through aliases"):
+        load_config(path)
+    small = tmp_path / "anchors.yaml"  # ordinary anchors stay allowed
+    small.write_text("opt: &o {name: adamw, lr: 0.001}\noutput_dir: out\nmode: scratch\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(small)
+    assert "expands to more than" not in str(info.value) and "opt: unknown option" in str(info.value)

@@ -16,6 +16,8 @@ from pathlib import Path
 from facemogle.errors import InputError
 
 MASK_SUFFIX = ".png"
+#: Largest --batch-size (photos per forward pass).
+MAX_BATCH = 64
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -61,25 +63,32 @@ def output_paths(photos: list[Path], output: Path) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facemogle.parser import load_parser
+    from facemogle.cli import checks
+    from facemogle.files import AllOrNothing
+    from facemogle.images import read_photo
     from facemogle.masks import save_mask
+    from facemogle.parser import load_parser
 
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    checks.int_in_range("--batch-size", args.batch_size, 1, MAX_BATCH)
     for photo in args.photos:
-        if not photo.is_file():
-            raise InputError(f"photo {str(photo)!r} does not exist")
+        checks.input_file("photo", photo)
     destinations = output_paths(args.photos, args.output)
+    checks.output_files("output", destinations, make_folder=True)
+    for photo in args.photos:  # every photo decodes (pixel cap, not truncated) before any work
+        read_photo(photo).close()
     parser = load_parser(args.parser)
     kind = "color" if args.color else "ids"
-    for start in range(0, len(args.photos), args.batch_size):
-        chunk = args.photos[start : start + args.batch_size]
-        masks = parser.parse(chunk, batch_size=args.batch_size)
-        for ids, destination in zip(masks, destinations[start : start + args.batch_size]):
-            try:
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                save_mask(ids, destination, to=kind)
-            except OSError as err:
-                raise InputError(f"cannot write {destination}: {err.strerror or err}") from err
-            print(f"wrote {destination} ({kind}, {ids.shape[1]}x{ids.shape[0]})")
+    written = []
+    try:
+        with AllOrNothing() as out:  # all masks or none: a failure keeps every old file
+            for start in range(0, len(args.photos), args.batch_size):
+                chunk = args.photos[start : start + args.batch_size]
+                masks = parser.parse(chunk, batch_size=args.batch_size)
+                for ids, destination in zip(masks, destinations[start : start + args.batch_size]):
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    save_mask(ids, out.partial(destination), to=kind)
+                    written.append(f"wrote {destination} ({kind}, {ids.shape[1]}x{ids.shape[0]})")
+    except OSError as err:
+        raise InputError(f"cannot write the masks ({err.strerror or err}); none was written") from err
+    print("\n".join(written))
     return 0

@@ -33,8 +33,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from facemogle.cli import checks
     from facemogle.train.config import load_config
 
+    checks.input_file("config", args.config)
+    if args.max_steps is not None:
+        checks.int_in_range("--max-steps", args.max_steps, 1, 10**9)
+    if args.result_json:  # before training, not after it
+        checks.output_file("--result-json", args.result_json, (".json",))
     overrides = {} if args.max_steps is None else {"train.max_steps": args.max_steps}
     config = load_config(args.config, overrides=overrides)  # every problem reported before any work
 

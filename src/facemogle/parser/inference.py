@@ -10,13 +10,12 @@ mode, upsamples each photo's logits (bilinear) to the photo's own size and takes
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from facemogle.errors import InputError
 
@@ -27,19 +26,13 @@ ImageSource = Union[Image.Image, str, os.PathLike]
 
 
 def open_image(source: ImageSource) -> Image.Image:
-    """An RGB PIL image from a PIL image or a path; unreadable files raise ``InputError``."""
-    if isinstance(source, Image.Image):
-        return source.convert("RGB")
-    if not isinstance(source, (str, os.PathLike)):
+    """An RGB PIL image from a PIL image or a path (:func:`facemogle.images.read_photo`: pixel cap,
+    truncated files refused); unreadable files raise ``InputError``."""
+    from facemogle.images import read_photo
+
+    if not isinstance(source, (Image.Image, str, os.PathLike)):
         raise InputError(f"cannot parse a {type(source).__name__}; give a PIL image or an image path")
-    path = Path(source)
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise InputError(f"{str(path)!r} is not a readable image: {err}") from None
+    return read_photo(source)
 
 
 def resize_photo(image: Image.Image, size: int) -> np.ndarray:

@@ -20,15 +20,14 @@ _PHOTO_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.Decompression
 
 
 def read_image(path: str | os.PathLike) -> Image.Image:
-    """Read a photo as an RGB PIL image; an unreadable file raises ``InputError`` naming it."""
+    """Read a photo as an RGB PIL image (:func:`facemogle.images.read_photo`); an unreadable,
+    truncated or oversized file raises ``InputError`` naming it."""
+    from facemogle.images import read_photo
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"photo {path} does not exist or is not a file")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except _PHOTO_ERRORS as err:
-        raise InputError(f"cannot read photo {path}: {err}") from err
+    return read_photo(path)
 
 
 def rgb_at_mask_size(image: ImageSource, shape: tuple[int, int]) -> np.ndarray:
