@@ -91,3 +91,20 @@ def test_cli_bad_input_gives_one_line_error(argv, words, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert words in err and len(err.strip().splitlines()) == 1
+
+
+def test_thread_policy_bench_runs_fresh_processes_quiet_and_beside_a_busy_core(monkeypatch):
+    """Each measurement is a fresh `facemogle bench generate` process: with the policy it takes the
+    idle cores (one fewer beside the busy process), with torch's defaults a thread per core."""
+    from facemogle import bench_generate as module
+    from facemogle.cpu_threads import available_cores
+
+    report = module.bench_thread_policy(["--model", "tiny-random", "--size", "32", "--steps", "1"], runs=1)
+    cores = len(available_cores())
+    assert set(report) == {"quiet", "busy_core"}
+    for where in report.values():
+        assert set(where) == {"thread_policy", "torch_default"}
+        assert all(v["mask_text_median_s"] > 0 and v["text_only_median_s"] > 0 for v in where.values())
+    if cores > 1:  # the busy process holds a core while the policy samples the load: it is left out
+        assert report["busy_core"]["thread_policy"]["threads"] < cores
+        assert report["busy_core"]["thread_policy"]["threads"] <= report["quiet"]["thread_policy"]["threads"]

@@ -17,6 +17,9 @@ from facemogle.specs import DEFAULT_MODEL, TINY_WEIGHTS_DIR, load_pipeline
 PROMPT = "This person has long brown hair and is smiling."
 #: Validation faces the mask-following test draws (the recipe's split: never trained on).
 NUM_FACES = 8
+#: Of NUM_FACES text-only faces, the share the parser must find every face part in.
+TEXT_ONLY_FACES = 0.5  # the card: 80 % of 100
+
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +53,7 @@ def test_is_the_default_model_and_ships_within_40_mb():
 def test_faces_follow_their_own_validation_mask(pipe, parser, mini_dataset_dir):
     """parse(generated) matches the face's own mask better than the next face's mask, every time.
 
-    The 100-face numbers (own 0.35, another face's mask 0.18) are in the model card."""
+    The 100-face numbers (own 0.54 against 0.71 for the real photos) are in the model card."""
     from facemogle.data.splits import split_folder
     from facemogle.eval.paper_protocol import image_seed
 
@@ -60,8 +63,8 @@ def test_faces_follow_their_own_validation_mask(pipe, parser, mini_dataset_dir):
     assert all(image.size == (128, 128) for image in images)
     own = [mask_miou(parser, image, mask) for image, mask in zip(images, masks)]
     other = [mask_miou(parser, image, masks[(i + 1) % NUM_FACES]) for i, image in enumerate(images)]
-    assert np.mean(own) >= 0.2
-    assert np.mean(own) >= np.mean(other) + 0.05
+    assert np.mean(own) >= 0.4
+    assert np.mean(own) >= np.mean(other) + 0.1
     assert sum(a > b for a, b in zip(own, other)) >= NUM_FACES - 1
 
 
@@ -101,10 +104,31 @@ def test_card_states_licence_recipe_and_the_measured_numbers():
     metrics = json.loads((TINY_WEIGHTS_DIR / "metrics.json").read_text(encoding="utf-8"))
     assert "non-commercial" in card and "make tiny-model" in card and "scripts/evaluate_tiny_model.py" in card
     assert f"**{metrics['miou_ratio']:.3f}**" in card
-    assert metrics["miou_ratio"] == pytest.approx(metrics["miou"]["generated"] / metrics["miou"]["real"])
-    assert 0 < metrics["miou"]["generated"] < metrics["miou"]["real"]
+    assert metrics["miou_ratio"] == pytest.approx(metrics["miou"]["generated"] / metrics["miou"]["real_full_size"])
+    assert 0 < metrics["miou"]["generated"] < metrics["miou"]["real_full_size"]
+    assert metrics["text_only"]["samples"] >= 100 and metrics["text_control"]["samples_per_prompt"] >= 16
+    for c in ("pca-patch", "PSNR"):
+        assert c in card  # the autoencoder candidates
     assert metrics["miou"]["generated_vs_other_mask"] < metrics["miou"]["generated"]
     bench = metrics["bench_generate"]
     assert bench["size"] >= 128 and bench["steps"] <= 20 and bench["threads"] == 2
     assert bench["mask_text_median_s"] <= 3.0
     assert len(metrics["gate_weights"]) == 20
+
+
+#: Caption-style prompts (the captioner's phrasing) of the text-only test.
+TEXT_ONLY_PROMPTS = (
+    "This person has brown hair.", "This person has long black hair and is smiling.",
+    "This person has blond hair and wears earrings.", "The person wears eyeglasses.",
+    "This person has black hair and has the mouth slightly open.", "They have long brown hair.",
+    "This person is smiling and has an open mouth.", "The person has black hair and is in front of a white background.",
+)
+
+
+def test_text_only_draws_faces(pipe, parser):
+    """The empty mask (text-only, the paper's third mode) still gives a face: the parser finds skin,
+    hair, both eyes, the nose and the lips in most of them (the card: the share over 100)."""
+    from facemogle.eval.text_control import Sampler, text_only_faces
+
+    result = text_only_faces(Sampler(pipe, size=128, seed=0), parser, list(TEXT_ONLY_PROMPTS))
+    assert result["all_parts"] >= TEXT_ONLY_FACES, result

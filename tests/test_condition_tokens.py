@@ -75,3 +75,22 @@ def test_given_blank_tokens_are_used_and_fixed_shape_pads_every_call(vae, masks,
     assert torch.equal(latents.blank_tokens, blank)
     again = encode_mask_latents(vae, masks[:1], chunk_size=40)
     torch.testing.assert_close(latents.dense(), again.dense(), atol=1e-5, rtol=1e-5)  # chunking changes nothing
+
+
+def test_no_mask_is_every_map_blank_unlike_an_all_background_mask(vae, masks, monkeypatch):
+    """``empty`` rows (text-only: no mask) get the blank map everywhere; an all-background *mask*
+    keeps its white background map. The pipeline's mask=None is such a row."""
+    calls = counting(vae, monkeypatch)
+    latents = encode_mask_latents(vae, masks, empty=[False, False, True])
+    dense = latents.dense()
+    assert not latents.local_present[2].any()
+    assert all(torch.equal(dense[2, e], latents.blank_tokens) for e in range(NUM_CONDITIONS))
+    assert sum(calls) == 3 + int(present_classes(masks[:2]).sum()) + 1  # nothing of the empty row's classes
+    torch.testing.assert_close(dense[:2], encode_mask_latents(vae, masks[:2]).dense(), atol=1e-5, rtol=1e-5)
+    background_mask = encode_mask_latents(vae, masks[2:]).dense()[0]  # all background, given as a mask
+    assert not torch.allclose(background_mask[1], latents.blank_tokens, atol=1e-3)  # its background map is white
+
+    pipe = load_pipeline("tiny-random", seed=0)
+    none, zeros = pipe.encode_masks([None, np.zeros((64, 64), np.uint8)], 64, 64)
+    assert torch.allclose(none, none[:1].expand_as(none), atol=1e-5)  # every map the same (blank) map
+    assert not torch.allclose(zeros[1], none[1], atol=1e-3)

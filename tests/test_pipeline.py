@@ -176,7 +176,7 @@ def test_masks_are_encoded_once_per_call(tiny_pipe, mask_27000, monkeypatch):
     assert 2 <= present < 19 and sum(calls) == 1 + present + 1
     calls.clear()
     tiny_pipe(mask=mask_27000, mask_guidance_scale=2.0, seed=0, num_inference_steps=2, output_type="latent")
-    assert sum(calls) == 1 + present + 1 + 2  # + the empty mask: its colour map and its one class (background)
+    assert sum(calls) == 1 + present + 1 + 1  # + the empty mask's colour map (no mask: no class map at all)
 
 
 @pytest.mark.parametrize(

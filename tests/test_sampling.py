@@ -56,7 +56,8 @@ def test_mask_guidance_mixes_the_mask_and_empty_mask_predictions(pipe, example_m
     pipe(mask=example_mask_ids, mask_guidance_scale=2.5, step_hooks=[guided], **CALL)
     first = [r.predictions[0].velocity for r in (own, empty, guided)]  # step 1: the same noise for all three
     assert (first[0] - first[1]).abs().max() > 1e-4 and (first[2] - first[0]).abs().max() > 1e-4  # the mask matters
-    torch.testing.assert_close(first[2], mask_guidance(first[0], first[1], 2.5), atol=1e-6, rtol=0)
+    # the guided call predicts both in one batch of 2: equal up to float rounding of another batch shape
+    torch.testing.assert_close(first[2], mask_guidance(first[0], first[1], 2.5), atol=1e-5, rtol=0)
     torch.testing.assert_close(mask_guidance(first[0], first[1], 1.0), first[0])
     # what the hooks see of a guided call is the images' own half
     assert guided.predictions[0].condition_tokens.shape[0] == 1

@@ -110,3 +110,58 @@ def bench_generate(spec: str = "tiny-random", *, size: int = 128, steps: int = 2
         report[f"{key}_min_s"] = round(min(values), 4)
         report[f"{key}_runs_s"] = [round(v, 4) for v in values]
     return report
+
+
+#: One core's worth of work for :func:`bench_thread_policy` (pure Python: no OpenMP of its own).
+BUSY_LOOP = "while True: pass"
+#: Timed calls per variant of the run with torch's defaults beside a busy core (it can be 20x slower).
+TORCH_DEFAULT_BUSY_RUNS = 1
+
+
+def _bench_child(bench_arguments: list[str], runs: int, policy: str) -> dict:
+    """``facemogle bench generate`` in a fresh process (the thread count is chosen at start-up)
+    with ``FACEMOGLE_THREAD_POLICY=policy`` and none of the OpenMP variables of this process."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "bench.json")
+        environment = {k: v for k, v in os.environ.items()
+                       if k not in ("OMP_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "FACEMOGLE_THREADS")}
+        environment["FACEMOGLE_THREAD_POLICY"] = policy
+        subprocess.run([sys.executable, "-m", "facemogle", "bench", "generate", *bench_arguments, "--runs", str(runs),
+                        "--json", out], env=environment, check=True, stdout=subprocess.DEVNULL)
+        with open(out, encoding="utf-8") as handle:
+            child = json.load(handle)
+    return {k: child[k] for k in ("threads", "runs", "mask_text_median_s", "text_only_median_s")}
+
+
+def bench_thread_policy(bench_arguments: list[str], runs: int = 5) -> dict:
+    """Generation time with facemogle's thread policy (:mod:`facemogle.cpu_threads`: threads = idle
+    cores, bounded OpenMP spinning) and with torch's defaults (``FACEMOGLE_THREAD_POLICY=off``), on a
+    quiet machine and beside a process that keeps one core busy; each in a fresh process running
+    ``facemogle bench generate <bench_arguments>``. Torch's defaults beside the busy core get
+    :data:`TORCH_DEFAULT_BUSY_RUNS` runs (they are the slow case).
+
+    Returns ``{"quiet": {"thread_policy": {...}, "torch_default": {...}}, "busy_core": {...}}``, each
+    with ``threads``, ``runs``, ``mask_text_median_s`` and ``text_only_median_s``.
+    """
+    import subprocess
+    import sys
+
+    results = {"quiet": {name: _bench_child(bench_arguments, runs, policy)
+                         for name, policy in (("thread_policy", "on"), ("torch_default", "off"))}}
+    busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
+    try:
+        time.sleep(0.5)  # let it take its core
+        results["busy_core"] = {
+            "thread_policy": _bench_child(bench_arguments, runs, "on"),
+            "torch_default": _bench_child(bench_arguments, TORCH_DEFAULT_BUSY_RUNS, "off"),
+        }
+    finally:
+        busy.kill()
+        busy.wait()
+    return results

@@ -73,13 +73,21 @@ def encode_in_chunks(vae, images: torch.Tensor, chunk_size: int, *, fixed_shape:
 
 @torch.no_grad()
 def encode_mask_latents(vae, ids: np.ndarray, *, blank_tokens: torch.Tensor | None = None, chunk_size: int = 40,
-                        fixed_shape: bool = False) -> MaskLatents:
+                        fixed_shape: bool = False, empty=None) -> MaskLatents:
     """Encode (M, H, W) official-id masks: the global maps and the present classes' maps go through
     the VAE together (``chunk_size`` images per call, see :func:`encode_in_chunks`); the blank map
-    too, unless ``blank_tokens`` (N, D) are given."""
+    too, unless ``blank_tokens`` (N, D) are given.
+
+    ``empty`` (M,) bool marks rows with *no mask* (text-only generation, and the empty-mask dropout
+    of training): all 20 maps of such a row are the blank map, the background class's too (a mask
+    that is all background has a white background map; no mask has none), as in the reference's
+    text-only inference."""
     ids = np.asarray(ids)
     conditions = condition_images(ids)  # (M, E, 3, H, W) uint8
     present = present_classes(ids)  # (M, C)
+    empty = None if empty is None else torch.as_tensor(np.asarray(empty, dtype=bool))
+    if empty is not None:
+        present[empty] = False
     images = [conditions[:, 0], conditions[:, 1:][present]]  # (M, 3, H, W), (K, 3, H, W)
     if blank_tokens is None:
         images.append(torch.zeros_like(conditions[:1, 0]))  # (1, 3, H, W): the blank map
@@ -87,8 +95,13 @@ def encode_mask_latents(vae, ids: np.ndarray, *, blank_tokens: torch.Tensor | No
     count, known = len(ids), int(present.sum())
     if blank_tokens is None:
         blank_tokens = tokens[-1]
-    return MaskLatents(global_tokens=tokens[:count], local_present=present,
-                       local_tokens=tokens[count : count + known], blank_tokens=blank_tokens.to(tokens))
+    blank_tokens = blank_tokens.to(tokens)
+    global_tokens = tokens[:count]
+    if empty is not None and bool(empty.any()):
+        global_tokens = global_tokens.clone()
+        global_tokens[empty.to(global_tokens.device)] = blank_tokens  # no global map either
+    return MaskLatents(global_tokens=global_tokens, local_present=present,
+                       local_tokens=tokens[count : count + known], blank_tokens=blank_tokens)
 
 
 @torch.no_grad()

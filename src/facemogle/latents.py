@@ -45,8 +45,11 @@ def latent_image_ids(latent_height: int, latent_width: int, device=None, dtype=t
 
 
 def vae_downsample_factor(vae) -> int:
-    """Spatial down-sampling of a diffusers AutoencoderKL (8 for FLUX's VAE)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+    """Spatial down-sampling of an autoencoder: its config's ``downsample_factor`` when it states
+    one (:class:`facemogle.patch_autoencoder.PatchAutoencoder`), else diffusers' ``AutoencoderKL``
+    rule, 2 ** (blocks - 1) (8 for FLUX's VAE)."""
+    factor = getattr(vae.config, "downsample_factor", None)
+    return int(factor) if factor is not None else 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def normalise_latents(vae, latents: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,9 @@ transformer's condition stream (:mod:`facemogle.condition`). Steps of one call:
                          mask guidance and the per-step hook point (:class:`facemogle.sampling.StepHook`).
 5. ``decode_latents``  - VAE decode and post-process to PIL / numpy / torch.
 
-Text-only generation uses an empty mask (all background); mask-only uses the empty prompt.
+Text-only generation uses the empty mask: no mask at all, every condition map blank (the global
+map all background, no class map; what the reference's text-only inference feeds); mask-only uses
+the empty prompt.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from typing import Any, Callable, Sequence, Union
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import FluxPipeline
+from diffusers import DiffusionPipeline, FluxPipeline
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -41,7 +44,8 @@ from facemogle.condition import CONDITION_ADAPTER_NAME, load_condition_lora, sav
 from facemogle.condition_tokens import MaskLatents, encode_mask_latents
 from facemogle.errors import InputError
 from facemogle.files import LORA_WEIGHT_NAME
-from facemogle.latents import decode_tokens, latent_image_ids, pack_latents
+from facemogle.latents import decode_tokens, latent_image_ids, pack_latents, vae_downsample_factor
+from facemogle import patch_autoencoder  # noqa: F401  (diffusers loads only classes of imported modules)
 from facemogle.masks import check_size, load_mask, resize_mask
 from facemogle.mogle import MoGLE
 from facemogle.provenance import mark_generated
@@ -162,7 +166,11 @@ class FaceMoGLEPipeline(FluxPipeline):
         default_guidance_scale: float = 3.5,
         default_mask_guidance_scale: float = 1.0,
     ):
-        super().__init__(
+        # FluxPipeline.__init__ reads the VAE factor from AutoencoderKL's block list; any autoencoder
+        # with its interface may serve here (the bundled model's is a patch codec), so the
+        # attributes it sets are set from latents.vae_downsample_factor instead.
+        DiffusionPipeline.__init__(self)
+        self.register_modules(
             scheduler=scheduler,
             vae=vae,
             text_encoder=text_encoder,
@@ -172,8 +180,11 @@ class FaceMoGLEPipeline(FluxPipeline):
             transformer=transformer,
             image_encoder=image_encoder,
             feature_extractor=feature_extractor,
+            mogle=mogle,
         )
-        self.register_modules(mogle=mogle)
+        self.vae_scale_factor = vae_downsample_factor(vae) if vae is not None else 8
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor * 2)
+        self.tokenizer_max_length = tokenizer.model_max_length if tokenizer is not None else 77
         # Saved in model_index.json. Defaults: 64 x 8 = 512 px and 28 steps, the paper's
         # inference setting (METHOD.md section 6); small specs set their own.
         # T5 tokens per prompt (FLUX: 512); training must use the same value as inference.
@@ -257,7 +268,8 @@ class FaceMoGLEPipeline(FluxPipeline):
     def mask_ids(self, mask: MaskInput, height: int, width: int, order: str = "official") -> np.ndarray:
         """A mask in any supported form -> (height, width) uint8 ids (nearest-neighbour resize).
 
-        ``None`` is the empty mask (all background), used for text-only generation.
+        ``None`` is the empty mask, used for text-only generation: all background here, and
+        :meth:`encode_mask_latents` then leaves every class map blank too.
         """
         if mask is None:
             return np.zeros((height, width), dtype=np.uint8)
@@ -273,16 +285,16 @@ class FaceMoGLEPipeline(FluxPipeline):
 
     def encode_mask_latents(self, masks: list[MaskInput], height: int, width: int, order: str = "official") -> MaskLatents:
         """Masks -> :class:`facemogle.condition_tokens.MaskLatents` (global maps and present classes
-        encoded in batched VAE calls, the blank map once)."""
+        encoded in batched VAE calls, the blank map once; ``None``: the empty mask, all maps blank)."""
         ids = np.stack([self.mask_ids(m, height, width, order) for m in masks])  # (M, H, W)
         onload(self.vae)
-        return encode_mask_latents(self.vae, ids, chunk_size=VAE_CHUNK)
+        return encode_mask_latents(self.vae, ids, chunk_size=VAE_CHUNK, empty=[m is None for m in masks])
 
     def prepare_latents(self, count: int, height: int, width: int, dtype: torch.dtype, device: torch.device,
                         generators: list[torch.Generator] | None, latents: torch.Tensor | None = None):
         """Initial noise (count, N, 64) and the tokens' rotary ids (N, 3).
 
-        Noise follows ``FluxPipeline``'s convention: ``randn((1, C, H/8, W/8), generator)`` per
+        Noise follows ``FluxPipeline``'s convention: ``randn((1, C, H/f, W/f), generator)`` per
         image, packed into 2x2 patches (:func:`facemogle.latents.pack_latents`), so an image
         depends on its own generator only. Given ``latents`` are checked and used as they are.
         """
@@ -351,7 +363,7 @@ class FaceMoGLEPipeline(FluxPipeline):
             guidance_scale: FLUX guidance (default: the pipeline's ``default_guidance_scale``:
                 3.5 for FLUX.1-dev, 1.0 for the scratch-trained tiny model).
             mask_guidance_scale: classifier-free guidance on the mask, ``w``: each step also
-                predicts with the empty mask (all background, as text-only generation) and uses
+                predicts with the empty mask (every map blank, as text-only generation) and uses
                 ``pred_empty + w * (pred_mask - pred_empty)``. 1.0 (off, the paper's sampling) costs
                 nothing; any other value doubles the transformer's batch. Default: the pipeline's
                 ``default_mask_guidance_scale`` (1.0; the tiny model: see its card).

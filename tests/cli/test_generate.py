@@ -152,3 +152,61 @@ def test_check_device():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="not available"):
             check_device("cuda")
+
+
+def test_many_images_are_made_in_batches_and_equal_single_calls(tmp_path, capsys):
+    """--num-images beyond one batch: image k is the image of a single call with seed + k."""
+    from facemogle.cli.generate import BATCH
+
+    count = BATCH + 1
+    out = tmp_path / "many.png"
+    code, _, err = run_cli(capsys, "--model", "tiny-random", "--steps", "2", "--seed", "5", "--no-watermark",
+                           "--num-images", str(count), "-o", str(out))
+    assert code == 0, err
+    assert code == run_cli(capsys, "--model", "tiny-random", "--steps", "2", "--seed", str(5 + BATCH),
+                           "--no-watermark", "-o", str(tmp_path / "single.png"))[0]
+    last = np.asarray(Image.open(tmp_path / f"many-{BATCH}.png"))
+    assert np.array_equal(last, np.asarray(Image.open(tmp_path / "single.png")))
+    assert (tmp_path / "many-grid.png").is_file()
+
+
+def test_outputs_are_all_written_or_none(tmp_path, capsys, monkeypatch):
+    import facemogle.provenance
+
+    (tmp_path / "face-0.png").write_bytes(b"the user's old file")
+    real_save = facemogle.provenance.save_image
+    calls = []
+
+    def failing_save(image, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real_save(image, path)
+
+    monkeypatch.setattr(facemogle.provenance, "save_image", failing_save)
+    code, _, err = run_cli(capsys, "--model", "tiny-random", "--steps", "1", "--num-images", "3", "--no-watermark",
+                           "-o", str(tmp_path / "face.png"))
+    assert code == 2 and "No space left on device" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["face-0.png"]  # nothing new, no partial file
+    assert (tmp_path / "face-0.png").read_bytes() == b"the user's old file"
+
+
+def test_output_checks_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import facemogle.specs
+
+    monkeypatch.setattr(facemogle.specs, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    target = tmp_path / "precious.png"
+    target.write_bytes(b"keep me")
+    (tmp_path / "link.png").symlink_to(target)
+    cases = [
+        (["-o", str(tmp_path / "link.png")], "is a symbolic link; writing it would replace"),
+        (["-o", str(target / "x.png")], "is not a folder"),
+        (["--num-images", "65", "-o", str(tmp_path / "a.png")], "--num-images must be in 1..64, got 65"),
+        (["--mask", str(tmp_path), "-o", str(tmp_path / "a.png")], "--mask"),
+        (["--mask", str(tmp_path / "none.png"), "-o", str(tmp_path / "a.png")], "does not exist"),
+        (["-o", str(tmp_path / "a.gif")], "must end in"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, (args, err)
+    assert target.read_bytes() == b"keep me"

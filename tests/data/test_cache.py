@@ -119,3 +119,26 @@ def test_dropout_on_cached_tensors_has_the_configured_rates(pipe, faces, tmp_pat
     assert all(torch.equal(again[k], items[17][k]) for k in ("condition_tokens", "prompt_embeds", "noise"))
     none = CachedTrainingDataset(cache, seed=0, text_dropout=0.0, mask_dropout=0.0)
     assert not any(none[p]["local_dropped"].any() or none[p]["text_dropped"] for p in range(50))
+
+
+def test_empty_mask_dropout_blanks_every_map_at_its_rate(pipe, faces, tmp_path):
+    """A text-only sample: the global map too becomes the blank (all-background) latents, which are
+    what the pipeline encodes for ``mask=None``."""
+    cache = build_cache(pipe, faces, tmp_path / "cache", settings(), progress=False)
+    dataset = CachedTrainingDataset(cache, seed=0, text_dropout=0.0, mask_dropout=0.0, empty_mask_dropout=0.25)
+    items = [dataset[p] for p in range(400)]
+    emptied = [bool(item["mask_emptied"]) for item in items]
+    assert abs(sum(emptied) / len(items) - 0.25) < 0.07
+    blank = cache.blank_local_tokens.float()
+    for item, empty in zip(items[:60], emptied[:60]):
+        all_blank = all(torch.equal(item["condition_tokens"][e], blank) for e in range(NUM_CONDITIONS))
+        assert all_blank == empty
+    empty_mask = pipe.encode_masks([None], RESOLUTION, RESOLUTION)[0]  # (E, N, D): every map black
+    # the same black image, through the conv VAE in a batch of another size: equal up to kernel choice
+    assert torch.allclose(empty_mask.float(), blank.expand_as(empty_mask), atol=1e-4)
+    assert not torch.allclose(empty_mask.float(), cache.sample(0)["global_tokens"].float().expand_as(empty_mask),
+                              atol=1e-2)  # a face's own map is something else
+    # the coin is drawn last: turning it on leaves every other draw of a position unchanged
+    plain = CachedTrainingDataset(cache, seed=0, text_dropout=0.0, mask_dropout=0.0)
+    for p in range(20):
+        assert torch.equal(plain[p]["noise"], items[p]["noise"]) and plain[p]["timestep"] == items[p]["timestep"]

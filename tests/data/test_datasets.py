@@ -173,3 +173,29 @@ def test_captions_can_live_in_another_folder(tmp_path):
     assert index_dataset(root, num_val=0).records["a"].captions == ()
     record = index_dataset(root, num_val=0, captions_dir=captions).records["a"]
     assert record.captions == ("Black hair.",) and record.caption_file == captions / "text" / "a.txt"
+
+
+def test_mirrored_records_flip_the_photo_and_swap_left_and_right(tmp_path):
+    from facemogle.data.datasets import FaceRecord, with_mirrored
+    from facemogle.labels import class_id
+
+    pixels = np.zeros((16, 16, 3), dtype=np.uint8)
+    pixels[:, :4] = 255  # a white stripe on the left
+    Image.fromarray(pixels).save(tmp_path / "face.png")
+    ids = np.zeros((16, 16), dtype=np.uint8)
+    ids[2:4, 1:3] = class_id("left eye")
+    ids[2:4, 12:14] = class_id("right eye")
+    ids[8:10, 0:2] = class_id("left ear")
+    ids[12:14, 7:9] = class_id("nose")
+    save_mask(ids, tmp_path / "mask.png")
+    records = with_mirrored([FaceRecord("a", tmp_path / "face.png", tmp_path / "mask.png", ("x",))])
+    assert [r.stem for r in records] == ["a", "a~mirrored"] and records[1].captions == ("x",)
+    dataset = FaceDataset(records, resolution=16)
+    plain, mirrored = dataset[0], dataset[1]
+    assert torch.equal(mirrored["image"], plain["image"].flip(-1))
+    flipped = mirrored["mask"].numpy()
+    assert (flipped[2:4, 13:15] == class_id("right eye")).all()  # the left eye, now on the right, is the right eye
+    assert (flipped[2:4, 2:4] == class_id("left eye")).all()
+    assert (flipped[8:10, 14:16] == class_id("right ear")).all()
+    assert (flipped[12:14, 7:9] == class_id("nose")).all()
+    assert (flipped == 0).sum() == (ids == 0).sum()

@@ -38,3 +38,35 @@ def test_two_processes_see_the_samples_of_one_process_with_twice_the_batch():
     assert all(len(shard) == steps for shard in shards)
     for step in range(steps):
         assert shards[0][step] + shards[1][step] == single[step]
+
+
+def test_empty_mask_coin_has_its_rate_and_leaves_the_other_draws_alone():
+    kwargs = dict(token_shape=(4, 8), num_local=19, num_captions=3, text_dropout=0.5, mask_dropout=0.5)
+    with_coin = [draw_for_position(3, p, **kwargs, empty_mask_dropout=0.3) for p in range(500)]
+    without = [draw_for_position(3, p, **kwargs) for p in range(500)]
+    assert abs(sum(d.mask_emptied for d in with_coin) / 500 - 0.3) < 0.065  # 3 sd
+    assert not any(d.mask_emptied for d in without)
+    for a, b in zip(with_coin[:50], without[:50]):
+        assert torch.equal(a.noise, b.noise) and torch.equal(a.local_dropped, b.local_dropped)
+        assert (a.timestep, a.caption, a.text_dropped) == (b.timestep, b.caption, b.text_dropped)
+
+
+def test_raw_stream_empties_the_mask_to_background():
+    import numpy as np
+
+    from facemogle.data.stream import RawTrainingDataset
+
+    class Faces:
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, index):
+            return {"image": torch.zeros(3, 8, 8, dtype=torch.uint8),
+                    "mask": torch.from_numpy(np.full((8, 8), 5, np.uint8)), "captions": ["a"]}
+
+    dataset = RawTrainingDataset(Faces(), seed=0, token_shape=(4, 64), num_local=19, text_dropout=0.0,
+                                 mask_dropout=0.0, empty_mask_dropout=0.5)
+    items = [dataset[p] for p in range(60)]
+    assert 10 < sum(item["mask_emptied"] for item in items) < 50
+    for item in items:
+        assert int(item["mask"].max()) == (0 if item["mask_emptied"] else 5)

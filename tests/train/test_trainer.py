@@ -272,3 +272,93 @@ def test_bf16_mixed_precision_without_cache(synthetic_data, tmp_path):
     assert transformer.x_embedder.base_layer.weight.dtype == torch.bfloat16  # frozen base in bf16
     assert all(p.dtype == torch.float32 for p in trainer.trainable)  # trained weights in fp32
     assert trainer.pipe.vae.dtype == torch.float32
+
+
+def test_moving_average_is_saved_resumed_exactly_and_exported(synthetic_data, tmp_path):
+    """train.ema_decay: each checkpoint holds the moving average by parameter name; a run resumed
+    from step 2 ends with the very average of an uninterrupted run; apply_ema_weights loads it."""
+    import shutil
+
+    from facemogle.specs import load_pipeline
+
+    config = tiny_config(synthetic_data, tmp_path / "full", train={"ema_decay": 0.9, "max_steps": 4})
+    full = Trainer(config_from_dict(config), progress=False).run()
+    average = load_file(str(full.final_checkpoint / ckpt.EMA_NAME))
+    live = weights(full.final_checkpoint)
+    assert average and all(k.startswith(("transformer.", "mogle.")) for k in average)
+
+    resumed_config = {**config, "output_dir": str(tmp_path / "resumed")}
+    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full.final_checkpoint.parent / "step-00000002", tmp_path / "resumed" / "checkpoints" / "step-00000002")
+    resumed = Trainer(config_from_dict(resumed_config), resume=True, progress=False).run()
+    assert resumed.start_step == 2
+    again = load_file(str(resumed.final_checkpoint / ckpt.EMA_NAME))
+    assert all(torch.equal(average[k], again[k]) for k in average)
+
+    pipe = load_pipeline("tiny-random", seed=0)
+    pipe.transformer.requires_grad_(False)
+    ckpt.load_model_weights(full.final_checkpoint, pipe.transformer, pipe.mogle, scratch=False)
+    before = {f"mogle.{n}": p.clone() for n, p in pipe.mogle.named_parameters()}
+    assert ckpt.apply_ema_weights(pipe, full.final_checkpoint)
+    after = {f"mogle.{n}": p for n, p in pipe.mogle.named_parameters()}
+    assert all(torch.equal(after[k], average[k]) for k in after if k in average)
+    assert any(not torch.equal(before[k], after[k]) for k in after if k in average)  # the average differs
+    assert not ckpt.apply_ema_weights(pipe, tmp_path)  # no average in that folder: nothing changes
+    assert live  # the live weights are what the checkpoint's LoRA / MoGLE files hold, as before
+
+    without = {**config, "output_dir": str(tmp_path / "plain"), "train": {**config["train"], "ema_decay": None}}
+    plain = Trainer(config_from_dict(without), progress=False).run()
+    assert not (plain.final_checkpoint / ckpt.EMA_NAME).exists()
+
+
+def test_autoencoder_stage_fits_a_patch_codec(synthetic_data, tmp_path):
+    """The tiny spec's autoencoder is a PCA patch codec: the stage fits it (no gradient steps) and
+    measures it and the other candidate shapes on the validation faces."""
+    from facemogle.patch_autoencoder import PatchAutoencoder, load_autoencoder
+    from facemogle.train.trainer import train
+
+    config = tiny_config(synthetic_data, tmp_path / "ae", stage="autoencoder", mode="scratch",
+                         model={"spec": "tiny", "options": {"random_init": True}})
+    result = train(config_from_dict(config), progress=False)
+    codec = load_autoencoder(result.final_checkpoint)
+    assert isinstance(codec, PatchAutoencoder) and codec.config.downsample_factor == 4
+    assert len(result.losses) == 1 and result.losses[0] > 20  # train PSNR, dB
+    candidates = json.loads((tmp_path / "ae" / "candidates.json").read_text())
+    assert [c["chosen"] for c in candidates] == [True, False, False, False, False]
+    assert codec.config.smoothing_steps == candidates[0]["smoothing_steps"] > 0
+    assert all(c["val_psnr_db"] is not None and c["val_psnr_db"] > 10 for c in candidates)
+    by_shape = {(c["downsample_factor"], c["latent_channels"], c["smoothing_steps"]): c for c in candidates}
+    assert by_shape[4, 16, 0]["train_psnr_db"] > by_shape[4, 8, 0]["train_psnr_db"]  # more channels, more detail
+    assert by_shape[4, 16, 0]["train_psnr_db"] > by_shape[8, 16, 0]["train_psnr_db"]  # smaller patches too
+
+
+def test_a_nan_loss_stops_training_before_a_checkpoint(synthetic_data, tmp_path, monkeypatch):
+    from facemogle.errors import TrainingError
+    from facemogle.flow import RectifiedFlow
+
+    real_loss = RectifiedFlow.loss
+    calls = {"n": 0}
+
+    def loss(self, pred, target):
+        calls["n"] += 1
+        value, per_sample = real_loss(self, pred, target)
+        if calls["n"] >= 3:  # the third step diverges
+            return value * float("nan"), per_sample * float("nan")
+        return value, per_sample
+
+    monkeypatch.setattr(RectifiedFlow, "loss", loss)
+    config = tiny_config(synthetic_data, tmp_path / "nan", checkpoint={"every": 1})
+    with pytest.raises(TrainingError, match="training loss is nan at step 3"):
+        Trainer(config_from_dict(config), progress=False).run()
+    names = [p.name for p in ckpt.list_checkpoints(tmp_path / "nan" / "checkpoints")]
+    assert names == ["step-00000001", "step-00000002"]  # the good steps only
+
+
+def test_infinite_numbers_in_a_config_are_refused(synthetic_data, tmp_path):
+    from facemogle.errors import InputError
+
+    for section, values, name in (("train", {"optimizer": {"name": "adamw", "lr": float("inf")}}, "train.optimizer.lr"),
+                                  ("data", {"text_dropout": float("nan")}, "data.text_dropout")):
+        config = tiny_config(synthetic_data, tmp_path / "inf", **{section: values})
+        with pytest.raises(InputError, match=rf"{name}: must be a finite number"):
+            config_from_dict(config)

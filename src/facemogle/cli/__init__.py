@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "torch" not in sys.modules:  # OpenMP reads its settings once, when torch loads
+        from facemogle import cpu_threads
+
+        cpu_threads.configure()
     logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionNotice())
     parser = build_parser()
     args = parser.parse_args(argv)

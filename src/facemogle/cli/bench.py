@@ -62,6 +62,9 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=5, help="timed images per variant; the median is reported (default 5)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--prompt", default=None, help="the prompt of both variants (default: a short face description)")
+    p.add_argument("--busy-core", action="store_true",
+                   help="also time it in fresh processes, quiet and beside a process keeping one core busy, with "
+                        "facemogle's thread policy (facemogle.cpu_threads) and with torch's defaults")
 
 
 def _bench_generate(args: argparse.Namespace) -> dict:
@@ -75,6 +78,15 @@ def _bench_generate(args: argparse.Namespace) -> dict:
                             spec_options=options, prompt=args.prompt if args.prompt is not None else DEFAULT_PROMPT)
     if options:
         report["model_path"] = str(args.model)
+    if args.busy_core:
+        from facemogle.bench_generate import bench_thread_policy
+
+        command = ["--size", str(args.size), "--steps", str(args.steps)]
+        if args.model:
+            command += ["--model", str(args.model)]
+        if args.prompt is not None:
+            command += ["--prompt", args.prompt]
+        report["thread_policy"] = bench_thread_policy(command, runs=args.runs)
     return report
 
 

@@ -9,6 +9,10 @@ from facemogle.cli.model_options import add_model_arguments, resolve_model
 from facemogle.errors import InputError
 
 PAPER_SEED = 42
+#: Most images one command makes (--num-images), and how many go through the model at once: memory
+#: stays that of BATCH images whatever the request; image k is the same as in a single-image call.
+MAX_IMAGES = 64
+BATCH = 4
 
 
 def add_parser(subparsers) -> None:
@@ -28,9 +32,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--guidance", type=float, default=None,
                    help="FLUX guidance scale (default: the model's: 3.5 for flux-dev, 1.0 for tiny)")
     p.add_argument("--mask-guidance", type=float, default=None,
-                   help="classifier-free guidance on the mask (default: the model's: 1.0 = off for flux-dev, 3.0 for tiny)")
+                   help="classifier-free guidance on the mask (default: the model's: 1.0 = off for flux-dev, 2.0 for tiny)")
     p.add_argument("--size", type=int, default=None, help="output height and width in pixels (default: the model's)")
-    p.add_argument("--num-images", type=int, default=1, help="images to generate; with more than one a grid is written too")
+    p.add_argument("--num-images", type=int, default=1,
+                   help=f"images to generate (1..{MAX_IMAGES}, made {BATCH} at a time); with more than one a grid is written too")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--no-watermark", action="store_true",
                    help="write the images without the invisible watermark and provenance metadata (see README: "
@@ -51,6 +56,18 @@ def output_paths(output: str | Path, count: int) -> tuple[list[Path], Path | Non
     )
 
 
+def write_all(outputs: list) -> None:
+    """Save every (image, path) or none (:class:`facemogle.files.AllOrNothing`): if a write fails
+    or is interrupted, every destination keeps what it held before."""
+    from facemogle.files import AllOrNothing
+    from facemogle.provenance import save_image
+
+    with AllOrNothing() as out:
+        for image, path in outputs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_image(image, out.partial(path))
+
+
 def image_grid(images, columns: int | None = None):
     """Paste equally sized PIL images into one grid image."""
     from PIL import Image
@@ -67,36 +84,35 @@ def image_grid(images, columns: int | None = None):
 def check_arguments(args: argparse.Namespace) -> None:
     """The numbers and the output path, before any model is loaded (the model checks the size's
     multiple and the prompt again)."""
-    import math
-
+    from facemogle.cli import checks
     from facemogle.masks import MAX_GENERATION_SIDE
     from facemogle.pipeline import MAX_STEPS, check_prompt
     from facemogle.specs import check_device
 
-    if args.num_images < 1:
-        raise InputError(f"--num-images must be >= 1, got {args.num_images}")
-    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:
-        raise InputError(f"--steps must be in 1..{MAX_STEPS}, got {args.steps}")
-    if args.size is not None and not 16 <= args.size <= MAX_GENERATION_SIDE:
-        raise InputError(f"--size must be in 16..{MAX_GENERATION_SIDE} pixels, got {args.size}")
+    checks.int_in_range("--num-images", args.num_images, 1, MAX_IMAGES)
+    if args.steps is not None:
+        checks.int_in_range("--steps", args.steps, 1, MAX_STEPS)
+    if args.size is not None:
+        checks.int_in_range("--size", args.size, 16, MAX_GENERATION_SIDE)
     for name in ("guidance", "mask_guidance"):
         value = getattr(args, name)
-        if value is not None and not math.isfinite(value):
-            raise InputError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+        if value is not None:
+            checks.finite(f"--{name.replace('_', '-')}", value)
     check_prompt(args.prompt)
     if args.device:
         check_device(args.device)
-    if not 0 <= args.seed < 2**64:
-        raise InputError(f"--seed must be in [0, 2**64), got {args.seed}")
-    output = Path(args.output)
-    if output.is_dir():
-        raise InputError(f"-o {output} is a folder; give an image file name")
-    if output.parent.exists() and not output.parent.is_dir():
-        raise InputError(f"-o {output}: {output.parent} is not a folder")
+    checks.seed("--seed", args.seed)
+    if args.seed + args.num_images > checks.SEED_LIMIT:
+        raise InputError(f"--seed {args.seed} + --num-images {args.num_images} runs past 2**64")
+    if args.mask is not None:
+        checks.input_file("--mask", args.mask)
+    checks.output_file("-o", args.output, make_folder=True)
+    image_paths, grid_path = output_paths(args.output, args.num_images)
+    checks.output_files("-o", image_paths + ([grid_path] if grid_path else []), make_folder=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    from facemogle.provenance import mark_image, save_image
+    from facemogle.provenance import mark_image
     from facemogle.specs import available_specs, load_pipeline
 
     if args.list_models:
@@ -105,8 +121,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     check_arguments(args)
     model, options = resolve_model(args)
-    if args.mask is not None and not Path(args.mask).is_file():
-        raise InputError(f"mask file {args.mask} does not exist")
     image_paths, grid_path = output_paths(args.output, args.num_images)
 
     if args.device:
@@ -115,8 +129,6 @@ def run(args: argparse.Namespace) -> int:
     call = dict(
         mask=args.mask,
         prompt=args.prompt,
-        num_images_per_prompt=args.num_images,
-        seed=args.seed,
         guidance_scale=args.guidance,
         mask_guidance_scale=args.mask_guidance,
         mask_order=args.mask_order,
@@ -126,16 +138,18 @@ def run(args: argparse.Namespace) -> int:
         call["num_inference_steps"] = args.steps
     if args.size is not None:
         call.update(height=args.size, width=args.size)
-    images = pipe(**call).images
+    images = []
+    for first in range(0, args.num_images, BATCH):  # image k: seed + k, whatever the batch
+        count = min(BATCH, args.num_images - first)
+        images += pipe(**call, num_images_per_prompt=count, seed=[args.seed + first + k for k in range(count)]).images
 
-    for img, path in zip(images, image_paths):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(img, path)
-        print(path)
+    outputs = list(zip(images, image_paths))
     if grid_path is not None:
         grid = image_grid(images)
         if not args.no_watermark:
             grid = mark_image(grid, pipe.model_spec, {"grid_of": [str(p) for p in image_paths]})
-        save_image(grid, grid_path)
-        print(grid_path)
+        outputs.append((grid, grid_path))
+    write_all(outputs)
+    for _, path in outputs:
+        print(path)
     return 0

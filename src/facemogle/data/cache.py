@@ -448,20 +448,24 @@ class CachedTrainingDataset(torch.utils.data.Dataset):
 
     * text dropout (p = ``text_dropout``): the empty-prompt embeddings replace the caption's;
     * local-mask dropout: each of the C local maps independently becomes the blank latents with
-      p = ``mask_dropout``; the global map (index 0) is never dropped.
+      p = ``mask_dropout``; the global map (index 0) is not;
+    * empty-mask dropout (p = ``empty_mask_dropout``): every map, the global one too, becomes the
+      blank latents, the empty mask of text-only generation (all background = black).
 
     Item: ``{"position", "index", "image_tokens" (N, D), "condition_tokens" (E, N, D),
     "prompt_embeds" (L, Dt), "pooled_prompt_embeds" (P,), "noise" (N, D), "timestep" (),
-    "text_dropped" (), "local_dropped" (C,)}`` (float tensors in float32).
+    "text_dropped" (), "local_dropped" (C,), "mask_emptied" ()}`` (float tensors in float32).
     """
 
-    def __init__(self, cache: LatentCache, seed: int, text_dropout: float, mask_dropout: float):
+    def __init__(self, cache: LatentCache, seed: int, text_dropout: float, mask_dropout: float,
+                 empty_mask_dropout: float = 0.0):
         if cache.num_local + 1 != NUM_CONDITIONS:
             raise InputError(f"cache has {cache.num_local} local masks, this version needs {NUM_CONDITIONS - 1}")
         self.cache = cache
         self.seed = seed
         self.text_dropout = text_dropout
         self.mask_dropout = mask_dropout
+        self.empty_mask_dropout = empty_mask_dropout
         self.order = EpochPermutations(cache.num_samples, seed)
 
     def __len__(self) -> int:
@@ -473,7 +477,7 @@ class CachedTrainingDataset(torch.utils.data.Dataset):
         sample = cache.sample(index)
         captions = sample["caption_ids"]
         draws = draw_for_position(self.seed, position, cache.token_shape, cache.num_local, len(captions),
-                                  self.text_dropout, self.mask_dropout)
+                                  self.text_dropout, self.mask_dropout, self.empty_mask_dropout)
         if draws.text_dropped or len(captions) == 0:
             prompt_embeds, pooled = cache.empty_prompt_embeds, cache.empty_pooled_prompt_embeds
         else:
@@ -482,11 +486,13 @@ class CachedTrainingDataset(torch.utils.data.Dataset):
             "position": position,
             "index": index,
             "image_tokens": sample["image_tokens"].float(),
-            "condition_tokens": cache.condition_tokens(sample, draws.local_dropped).float(),
+            "condition_tokens": (cache.blank_local_tokens.expand(NUM_CONDITIONS, *cache.token_shape)
+                                 if draws.mask_emptied else cache.condition_tokens(sample, draws.local_dropped)).float(),
             "prompt_embeds": prompt_embeds.float(),
             "pooled_prompt_embeds": pooled.float(),
             "noise": draws.noise,
             "timestep": draws.timestep,
             "text_dropped": torch.tensor(draws.text_dropped),
             "local_dropped": draws.local_dropped,
+            "mask_emptied": torch.tensor(draws.mask_emptied),
         }

@@ -36,6 +36,8 @@ with nearest neighbour; a non-square pair is centre-cropped to a square first.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 from dataclasses import dataclass, field
@@ -75,13 +77,26 @@ LAYOUTS: dict[str, DatasetLayout] = {layout.name: layout for layout in (MM_CELEB
 
 @dataclass(frozen=True)
 class FaceRecord:
-    """One sample on disk. ``caption_file``: the file its captions came from (None: no caption)."""
+    """One sample on disk. ``caption_file``: the file its captions came from (None: no caption).
+    ``mirrored``: the sample is the photo and mask flipped left-right (:func:`with_mirrored`)."""
 
     stem: str
     image: Path
     mask: Path
     captions: tuple[str, ...] = ()
     caption_file: Path | None = None
+    mirrored: bool = False
+
+
+#: Suffix of a mirrored sample's stem.
+MIRRORED_SUFFIX = "~mirrored"
+
+
+def with_mirrored(records: list[FaceRecord]) -> list[FaceRecord]:
+    """``records`` followed by their mirror images (photo and mask flipped left-right, the
+    left/right classes of the mask swapped): horizontal-flip augmentation as twice the samples,
+    so the seeded stream, the cache and resume treat them like any others."""
+    return list(records) + [dataclasses.replace(r, stem=r.stem + MIRRORED_SUFFIX, mirrored=True) for r in records]
 
 
 @dataclass
@@ -243,11 +258,12 @@ def load_image(path: str | os.PathLike, resolution: int, image_resize: str = "bi
     """An RGB image, centre-cropped to a square and resized: (3, resolution, resolution) uint8."""
     if image_resize not in IMAGE_FILTERS:
         raise InputError(f"unknown image_resize {image_resize!r}; known: {', '.join(IMAGE_FILTERS)}")
+    from facemogle.images import read_photo
+
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as error:
-        raise InputError(f"cannot read image {path}: {error}") from None
+        image = read_photo(path, what="training image")
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as error:
+        raise InputError(f"cannot read image {path}: {error.strerror or error}") from None
     if image.width != image.height:
         image = image.crop(_centre_square(image.size))
     if image.size != (resolution, resolution):
@@ -290,6 +306,11 @@ class FaceDataset(torch.utils.data.Dataset):
         record = self.records[index]
         image = load_image(record.image, self.resolution, self.image_resize)
         mask = load_mask_ids(record.mask, self.resolution, self.mask_order)
+        if record.mirrored:
+            from facemogle.parser.mirror import mirrored_class_ids
+
+            image = image.flip(-1).contiguous()
+            mask = mirrored_class_ids().to(torch.uint8).numpy()[mask[:, ::-1]]
         return {"index": index, "stem": record.stem, "image": image, "mask": torch.from_numpy(mask),
                 "captions": list(record.captions)}
 

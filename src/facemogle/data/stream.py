@@ -68,7 +68,8 @@ class PositionDraws:
 
     ``timestep`` () in (0, 1); ``noise`` (N, D) standard normal; ``caption`` index into the
     sample's sentences (0 when it has none); ``text_dropped`` bool; ``local_dropped`` (C,) bool,
-    one per local mask (the global mask is never dropped).
+    one per local mask; ``mask_emptied`` bool: the whole mask (global map too) becomes the empty
+    mask, a text-only sample.
     """
 
     timestep: torch.Tensor
@@ -76,24 +77,28 @@ class PositionDraws:
     caption: int
     text_dropped: bool
     local_dropped: torch.Tensor
+    mask_emptied: bool = False
 
 
 def draw_for_position(seed: int, position: int, token_shape: tuple[int, int], num_local: int, num_captions: int,
-                      text_dropout: float, mask_dropout: float) -> PositionDraws:
+                      text_dropout: float, mask_dropout: float, empty_mask_dropout: float = 0.0) -> PositionDraws:
     """Draw, in a fixed order from one generator seeded by ``(seed, position)``: t, noise, the
-    text-dropout coin, the ``num_local`` mask-dropout coins, the caption index."""
+    text-dropout coin, the ``num_local`` mask-dropout coins, the caption index, the empty-mask
+    coin (last, so the earlier draws do not depend on whether it is used)."""
     generator = torch.Generator().manual_seed(derive_seed(seed, _TAG_POSITION, position))
     timestep = RectifiedFlow().sample_timesteps(1, generator=generator)[0]  # ()
     noise = torch.randn(token_shape, generator=generator)  # (N, D)
     text_coin = torch.rand(1, generator=generator)[0]
     local_coins = torch.rand(num_local, generator=generator)  # (C,)
     caption = int(torch.randint(max(num_captions, 1), (1,), generator=generator)[0])
+    empty_coin = torch.rand(1, generator=generator)[0]
     return PositionDraws(
         timestep=timestep,
         noise=noise,
         caption=caption,
         text_dropped=bool(text_coin < text_dropout),
         local_dropped=local_coins < mask_dropout,
+        mask_emptied=bool(empty_coin < empty_mask_dropout),
     )
 
 
@@ -127,11 +132,12 @@ class RawTrainingDataset(torch.utils.data.Dataset):
     every step, as the reference does).
 
     Item: ``{"position", "index", "image": (3, R, R) uint8, "mask": (R, R) uint8, "caption": str
-    ("" when dropped or absent), "local_dropped": (C,) bool, "noise": (N, D), "timestep": ()}``.
+    ("" when dropped or absent), "local_dropped": (C,) bool, "mask_emptied": bool (the mask is then
+    all background), "noise": (N, D), "timestep": ()}``.
     """
 
     def __init__(self, faces, seed: int, token_shape: tuple[int, int], num_local: int, text_dropout: float,
-                 mask_dropout: float, captions_per_sample: int | None = None):
+                 mask_dropout: float, captions_per_sample: int | None = None, empty_mask_dropout: float = 0.0):
         self.faces = faces  # facemogle.data.datasets.FaceDataset
         self.captions_per_sample = captions_per_sample
         self.order = EpochPermutations(len(faces), seed)
@@ -140,6 +146,7 @@ class RawTrainingDataset(torch.utils.data.Dataset):
         self.num_local = num_local
         self.text_dropout = text_dropout
         self.mask_dropout = mask_dropout
+        self.empty_mask_dropout = empty_mask_dropout
 
     def __len__(self) -> int:
         return len(self.faces)
@@ -149,8 +156,10 @@ class RawTrainingDataset(torch.utils.data.Dataset):
         item = self.faces[index]
         captions = item["captions"][: self.captions_per_sample]
         draws = draw_for_position(self.seed, position, self.token_shape, self.num_local, len(captions),
-                                  self.text_dropout, self.mask_dropout)
+                                  self.text_dropout, self.mask_dropout, self.empty_mask_dropout)
         caption = "" if draws.text_dropped or not captions else captions[draws.caption]
-        return {"position": position, "index": index, "image": item["image"], "mask": item["mask"],
-                "caption": caption, "local_dropped": draws.local_dropped, "noise": draws.noise,
+        mask = torch.zeros_like(item["mask"]) if draws.mask_emptied else item["mask"]  # all background
+        return {"position": position, "index": index, "image": item["image"], "mask": mask,
+                "caption": caption, "local_dropped": draws.local_dropped, "mask_emptied": draws.mask_emptied,
+                "noise": draws.noise,
                 "timestep": draws.timestep}

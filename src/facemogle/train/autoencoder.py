@@ -9,6 +9,11 @@ stage. At the end the latent statistics of the training images set the VAE's ``s
 is written to ``<output_dir>/vae`` (``AutoencoderKL.save_pretrained``; the directory appears
 complete or not at all). Point ``model.vae`` of the scratch diffusion config at it.
 No resume: the stage is short; rerun it to redo it.
+
+A spec whose autoencoder is a :class:`facemogle.patch_autoencoder.PatchAutoencoder` (the bundled
+tiny model's) is *fitted* instead (:func:`fit_autoencoder`): PCA of the training photos' patches,
+in seconds, then saved the same way; its reconstruction PSNR on the validation faces, and that of
+the other patch-codec shapes it was chosen over, go into ``<output_dir>/candidates.json``.
 """
 
 from __future__ import annotations
@@ -41,11 +46,15 @@ def train_autoencoder(config: TrainingConfig, progress: bool = True):
     from facemogle.files import atomic_write_text
     from facemogle.train.setup import TrainResult, build_pipeline, open_training_records
 
+    from facemogle.patch_autoencoder import PatchAutoencoder
+
     settings = config.autoencoder
     if config.train.cpu_threads is not None:
         torch.set_num_threads(config.train.cpu_threads)
     accelerator = Accelerator(mixed_precision=config.train.mixed_precision)
     vae = build_pipeline(config, accelerator.device).vae
+    if isinstance(vae, PatchAutoencoder):
+        return fit_autoencoder(config, vae, accelerator.is_main_process, progress)
     vae.requires_grad_(True).train()
     _, records = open_training_records(config)
     faces = FaceDataset(records, config.data.resolution, config.data.image_resize, config.data.mask_order)
@@ -95,12 +104,7 @@ def train_autoencoder(config: TrainingConfig, progress: bool = True):
     if accelerator.is_main_process:
         shift, scale = latent_statistics(vae, faces, settings.batch_size, accelerator.device)
         vae.register_to_config(shift_factor=shift, scaling_factor=scale)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        partial, final = output_dir / f".{VAE_DIR}.partial-{os.getpid()}", output_dir / VAE_DIR
-        vae.save_pretrained(str(partial), safe_serialization=True)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
+        final = save_autoencoder(vae, output_dir)
         header = ["step", "loss", "l1", "l2", "kl"]
         lines = [",".join(header)] + [",".join(str(row[k]) for k in header) for row in rows]
         atomic_write_text(output_dir / LOG_NAME, "\n".join(lines) + "\n")
@@ -118,3 +122,68 @@ def latent_statistics(vae, faces, batch_size: int, device) -> tuple[float, float
         latents.append(vae.encode(_pixels(images, device)).latent_dist.mode().float().cpu())
     values = torch.cat(latents)
     return float(values.mean()), float(1.0 / values.std().clamp_min(1e-6))
+
+
+def save_autoencoder(vae, output_dir: Path) -> Path:
+    """``vae.save_pretrained`` into ``<output_dir>/vae``, complete or not at all; returns that folder."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    partial, final = output_dir / f".{VAE_DIR}.partial-{os.getpid()}", output_dir / VAE_DIR
+    vae.save_pretrained(str(partial), safe_serialization=True)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    return final
+
+
+#: Patch codecs measured beside the configured one: (downsample factor, latent channels, decoder
+#: smoothing steps).
+CANDIDATE_SHAPES = ((4, 16, 0), (8, 16, 0), (8, 16, 5), (4, 8, 0))
+CANDIDATES_NAME = "candidates.json"
+
+
+def fit_autoencoder(config: TrainingConfig, preset, is_main: bool, progress: bool = True):
+    """The stage for a :class:`~facemogle.patch_autoencoder.PatchAutoencoder` preset: fit it (PCA)
+    on the training photos, save it, and measure it and :data:`CANDIDATE_SHAPES` on the validation
+    faces (``candidates.json``). Returns a ``TrainResult`` with one "step" (the fit)."""
+    import json
+
+    from tqdm.auto import tqdm
+
+    from facemogle.data.datasets import FaceDataset
+    from facemogle.files import atomic_write_text
+    from facemogle.patch_autoencoder import fit_patch_autoencoder, reconstruction_psnr
+    from facemogle.train.setup import TrainResult, open_training_records, open_validation_records
+
+    output_dir = Path(config.output_dir)
+    result = TrainResult(output_dir=output_dir, global_step=1, start_step=0, final_checkpoint=None)
+    _, records = open_training_records(config)
+    faces = FaceDataset(records, config.data.resolution, config.data.image_resize, config.data.mask_order)
+    images = torch.stack([faces[i]["image"] for i in tqdm(range(len(faces)), desc="reading photos",
+                                                         disable=not progress or not is_main)])
+    val_records = open_validation_records(config)
+    val_faces = FaceDataset(val_records, config.data.resolution, config.data.image_resize, config.data.mask_order)
+    val_images = torch.stack([val_faces[i]["image"] for i in range(len(val_faces))]) if len(val_faces) else None
+    started = time.perf_counter()
+    shape = (preset.config.downsample_factor, preset.config.latent_channels, preset.config.smoothing_steps)
+    vae = fit_patch_autoencoder(images, downsample_factor=shape[0], latent_channels=shape[1], smoothing_steps=shape[2])
+    result.step_seconds.append(time.perf_counter() - started)
+    train_psnr = reconstruction_psnr(vae, images)
+    result.losses.append(train_psnr)
+    if is_main:
+        result.final_checkpoint = save_autoencoder(vae, output_dir)
+        candidates = []
+        for factor, channels, smoothing in dict.fromkeys((shape, *CANDIDATE_SHAPES)):
+            fitted = vae if (factor, channels, smoothing) == shape else fit_patch_autoencoder(
+                images, downsample_factor=factor, latent_channels=channels, smoothing_steps=smoothing)
+            candidates.append({"design": "pca-patch" + (f" + {smoothing} smoothing steps" if smoothing else ""),
+                               "downsample_factor": factor, "latent_channels": channels,
+                               "smoothing_steps": smoothing,
+                               "resolution": config.data.resolution, "chosen": (factor, channels, smoothing) == shape,
+                               "train_psnr_db": round(reconstruction_psnr(fitted, images), 2),
+                               "val_psnr_db": None if val_images is None
+                               else round(reconstruction_psnr(fitted, val_images), 2)})
+        atomic_write_text(output_dir / CANDIDATES_NAME, json.dumps(candidates, indent=1) + "\n")
+        print("autoencoder candidates (PSNR dB, train / val):", ", ".join(
+            f"{c['design']} /{c['downsample_factor']} x{c['latent_channels']}: {c['train_psnr_db']} / {c['val_psnr_db']}"
+            for c in candidates), flush=True)
+    return result

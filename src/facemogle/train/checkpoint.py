@@ -54,8 +54,8 @@ import torch
 from safetensors.torch import load_file
 
 from facemogle.errors import CheckpointError
-from facemogle.files import (LORA_WEIGHT_NAME, MOGLE_WEIGHT_NAME, atomic_torch_save, atomic_write, atomic_write_text,
-                             fsync_dir, read_state_dict_file, safe_torch_load)
+from facemogle.files import (LORA_WEIGHT_NAME, MOGLE_WEIGHT_NAME, atomic_save_safetensors, atomic_torch_save,
+                             atomic_write, atomic_write_text, fsync_dir, read_state_dict_file, safe_torch_load)
 from facemogle.specs import SAVED_PIPELINE_DIR
 
 CHECKPOINT_FORMAT_VERSION = 1
@@ -66,6 +66,9 @@ OPTIMIZER_NAME = "optimizer.pt"
 SCHEDULER_NAME = "lr_scheduler.pt"
 SCALER_NAME = "grad_scaler.pt"
 PIPELINE_DIR = SAVED_PIPELINE_DIR
+#: The moving average of the trained weights (``train.ema_decay``), by parameter name
+#: (``transformer.<name>`` / ``mogle.<name>``); what :func:`apply_ema_weights` puts in a pipeline.
+EMA_NAME = "ema_weights.safetensors"
 STEP_PATTERN = re.compile(r"^step-(\d{8})$")
 
 
@@ -242,6 +245,7 @@ class CheckpointParts:
     config_yaml: str
     grad_scaler: object | None = None
     scratch_pipeline: object | None = None  # the FaceMoGLEPipeline to save under pipeline/ (scratch mode)
+    ema_weights: dict | None = None  # name -> tensor, the moving average (train.ema_decay)
 
 
 def save_checkpoint(root: str | os.PathLike, parts: CheckpointParts, *, process_index: int = 0,
@@ -277,6 +281,8 @@ def save_checkpoint(root: str | os.PathLike, parts: CheckpointParts, *, process_
             atomic_torch_save(tmp / SCALER_NAME, parts.grad_scaler.state_dict())
         atomic_write_text(tmp / STATE_NAME, parts.state.to_json())
         atomic_write_text(tmp / CONFIG_NAME, parts.config_yaml)
+        if parts.ema_weights is not None:
+            atomic_save_safetensors(tmp / EMA_NAME, {k: v.detach().contiguous().cpu() for k, v in parts.ema_weights.items()})
         if parts.scratch_pipeline is not None:  # its transformer and mogle are the trained modules
             partial = tmp / f".{PIPELINE_DIR}.partial"
             parts.scratch_pipeline.save_pretrained(str(partial), safe_serialization=True)
@@ -324,6 +330,31 @@ def load_model_weights(directory: Path, transformer: torch.nn.Module, mogle, *, 
         load_base_transformer_state_dict(transformer, saved.state_dict())  # copied into the live dtypes
     load_condition_lora(transformer, directory)
     mogle.load_official_state_dict(read_state_dict_file(directory / MOGLE_WEIGHT_NAME))
+
+
+def read_ema_weights(directory: Path) -> dict | None:
+    """The moving-average weights a checkpoint holds (``None``: it was trained without one)."""
+    from safetensors.torch import load_file
+
+    path = Path(directory) / EMA_NAME
+    return load_file(str(path)) if path.is_file() else None
+
+
+def apply_ema_weights(pipe, directory: Path) -> bool:
+    """Copy a checkpoint's moving-average weights into ``pipe.transformer`` / ``pipe.mogle`` (in
+    place, in their dtypes); False when the checkpoint has none."""
+    weights = read_ema_weights(directory)
+    if weights is None:
+        return False
+    modules = {"transformer": pipe.transformer, "mogle": pipe.mogle}
+    live = {f"{owner}.{name}": p for owner, module in modules.items() for name, p in module.named_parameters()}
+    missing = sorted(set(weights) - set(live))
+    if missing:
+        raise CheckpointError(f"{directory / EMA_NAME} names parameters the model lacks: {', '.join(missing[:3])}")
+    with torch.no_grad():
+        for name, value in weights.items():
+            live[name].copy_(value.to(live[name].dtype))
+    return True
 
 
 def load_optimizer_states(directory: Path, optimizer, lr_scheduler) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import os
 import types
 import typing
@@ -114,6 +115,9 @@ class DataSection:
     captions_per_sample: Optional[int] = _opt(None, ge=1, doc="cache the first N sentences of each caption (None: all)")
     text_dropout: float = _opt(0.1, ge=0.0, le=1.0)
     mask_dropout: float = _opt(0.1, ge=0.0, le=1.0, doc="per local mask; the global mask is never dropped")
+    empty_mask_dropout: float = _opt(0.0, ge=0.0, le=1.0,
+                                     doc="whole mask -> the empty mask (text-only samples; FLUX knows faces without one)")
+    mirror: bool = _opt(False, doc="add every face flipped left-right (left/right classes swapped)")
     num_workers: int = _opt(0, ge=0)
 
 
@@ -146,6 +150,9 @@ class TrainSection:
     mixed_precision: str = _opt("bf16", choices=MIXED_PRECISION)
     gradient_checkpointing: bool = _opt(False)
     max_grad_norm: Optional[float] = _opt(0.5, gt=0.0, doc="None: no clipping")
+    ema_decay: Optional[float] = _opt(None, gt=0.0, lt=1.0,
+                                      doc="keep an exponential moving average of the trained weights (diffusers "
+                                          "EMAModel, warm-up on), saved beside each checkpoint; None: off")
     optimizer: OptimizerSection = _opt(OptimizerSection())
     lr_scheduler: str = _opt("constant", choices=LR_SCHEDULERS)
     lr_warmup_steps: int = _opt(0, ge=0)
@@ -263,8 +270,47 @@ def config_from_dict(data: dict, overrides: dict | None = None, source: str = "c
     return config
 
 
+#: Nodes a config may hold with every alias expanded (a "billion laughs" alias bomb has 10**9).
+MAX_YAML_NODES = 100_000
+
+
+def expanded_size(node, limit: int = MAX_YAML_NODES) -> int:
+    """Nodes of a composed YAML node tree with aliases counted every time they are used
+    (memoised, so it takes time linear in the document); stops counting past ``limit``."""
+    sizes: dict[int, int] = {}
+
+    def size(current) -> int:
+        key = id(current)
+        if key not in sizes:
+            sizes[key] = 0  # a recursive alias: counts once
+            if isinstance(current, yaml.MappingNode):
+                children = [n for pair in current.value for n in pair]
+            elif isinstance(current, yaml.SequenceNode):
+                children = current.value
+            else:
+                children = []
+            total = 1
+            for child in children:
+                total += size(child)
+                if total > limit:
+                    break
+            sizes[key] = total
+        return sizes[key]
+
+    return size(node)
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last)."""
+    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last) and a
+    document that expands to more than :data:`MAX_YAML_NODES` nodes through aliases."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None and expanded_size(node) > MAX_YAML_NODES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the document expands to more than {MAX_YAML_NODES} values through aliases "
+                "(an alias bomb?)", node.start_mark)
+        return node
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -357,6 +403,9 @@ def _check_value(value, annotation, meta, path: str, errors: list[str]):
             errors.append(f"{path}: expected a number, got {_type_name(value)} {value!r}")
             return False, None
         value = float(value)
+        if not math.isfinite(value):  # .inf / .nan: a NaN model, or an endless schedule
+            errors.append(f"{path}: must be a finite number, got {value}")
+            return False, None
     elif base is str:
         if not isinstance(value, str):
             errors.append(f"{path}: expected a string, got {_type_name(value)} {value!r}")

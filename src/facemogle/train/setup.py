@@ -62,9 +62,9 @@ def build_pipeline(config: TrainingConfig, device: str | torch.device = "cpu", d
     pipe.register_modules(mogle=mogle)
 
     if model.vae is not None:
-        from diffusers import AutoencoderKL
+        from facemogle.patch_autoencoder import load_autoencoder
 
-        pipe.vae = AutoencoderKL.from_pretrained(model.vae, torch_dtype=torch.float32)
+        pipe.vae = load_autoencoder(model.vae, torch_dtype=torch.float32)
         pipe.register_modules(vae=pipe.vae)
 
     for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
@@ -147,7 +147,20 @@ def open_training_records(config: TrainingConfig):
         records = records[: data.max_samples]
     if not records:
         raise InputError(f"split {data.split!r} of {data.root} is empty ({index.split_source} split)")
+    if data.mirror:
+        from facemogle.data.datasets import with_mirrored
+
+        records = with_mirrored(records)
     return index, records
+
+
+def open_validation_records(config: TrainingConfig) -> list:
+    """Records of the validation split of the config's dataset (empty when it has none)."""
+    from facemogle.data.datasets import index_dataset
+
+    data = config.data
+    index = index_dataset(data.root, data.layout, data.split_file, data.num_val, data.split_salt, data.captions_dir)
+    return list(index.split("val"))
 
 
 @dataclass

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from facemogle.condition_tokens import encode_mask_latents
-from facemogle.errors import CheckpointError, InputError
+from facemogle.errors import CheckpointError, InputError, TrainingError
 from facemogle.files import atomic_write_text
 from facemogle.flow import RectifiedFlow
 from facemogle.latents import encode_images
@@ -89,7 +89,9 @@ def encode_raw_batch(pipe, batch: dict, max_sequence_length: int = 512) -> dict:
     """Encode a :class:`RawTrainingDataset` batch now (VAE on the image and the condition images,
     both text encoders) into the tensors the cached path reads from disk."""
     device = next(pipe.vae.parameters()).device
-    mask_latents = encode_mask_latents(pipe.vae, batch["mask"].cpu().numpy())
+    emptied = batch.get("mask_emptied")
+    emptied = None if emptied is None else torch.as_tensor(emptied, dtype=torch.bool).cpu()
+    mask_latents = encode_mask_latents(pipe.vae, batch["mask"].cpu().numpy(), empty=emptied)  # emptied: no mask
     condition_latents = mask_latents.dense(batch["local_dropped"].to(device))  # a dropped local mask is a blank map
     prompt_embeds, pooled, _ = pipe.encode_prompt(prompt=list(batch["caption"]), prompt_2=None, device=device,
                                                   num_images_per_prompt=1, max_sequence_length=max_sequence_length)
@@ -242,7 +244,8 @@ class Trainer:
             from facemogle.labels import NUM_CLASSES
 
             dataset = RawTrainingDataset(faces, config.seed, token_shape, NUM_CLASSES, config.data.text_dropout,
-                                         config.data.mask_dropout, config.data.captions_per_sample)
+                                         config.data.mask_dropout, config.data.captions_per_sample,
+                                         config.data.empty_mask_dropout)
 
         # optimisation
         self.trainable = [p for p in list(pipe.transformer.parameters()) + list(pipe.mogle.parameters())
@@ -250,6 +253,7 @@ class Trainer:
         self.optimizer = build_optimizer(config, self.trainable)
         self.lr_scheduler = build_lr_scheduler(config, self.optimizer)
         self.global_step = state.global_step if state else 0
+        self.ema = self._moving_average()
         self.samples_seen = state.samples_seen if state else 0
         if self.resume_dir is not None:
             ckpt.load_optimizer_states(self.resume_dir, self.optimizer, self.lr_scheduler)
@@ -280,6 +284,32 @@ class Trainer:
                                 self.global_step if self.resume_dir is not None else None)
         self.sample_records = self._sample_records()
 
+    def _moving_average(self):
+        """diffusers' EMAModel over the trained parameters (``train.ema_decay``; None: off), its
+        weights read back from the checkpoint on resume."""
+        decay = self.config.train.ema_decay
+        if decay is None:
+            return None
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(self.trainable, decay=decay, use_ema_warmup=True, power=2 / 3)
+        if self.resume_dir is not None:
+            saved = ckpt.read_ema_weights(self.resume_dir)
+            if saved is None:
+                raise CheckpointError(f"cannot resume {self.resume_dir} with train.ema_decay: it holds no moving average")
+            names = self._trainable_names()
+            for shadow, name in zip(ema.shadow_params, names):
+                shadow.copy_(saved[name])
+            ema.optimization_step = self.global_step
+        return ema
+
+    def _trainable_names(self) -> list[str]:
+        """``transformer.<name>`` / ``mogle.<name>`` of each trained parameter, in ``self.trainable`` order."""
+        ids = {id(p): f"{owner}.{name}" for owner, module in (("transformer", self.pipe.transformer),
+                                                               ("mogle", self.pipe.mogle))
+               for name, p in module.named_parameters()}
+        return [ids[id(p)] for p in self.trainable]
+
     def _cached_dataset(self, faces):
         from facemogle.data.cache import CacheSettings, CachedTrainingDataset, build_cache
 
@@ -296,7 +326,8 @@ class Trainer:
                             num_workers=config.data.num_workers, progress=self.progress)
         self.cache = cache
         self.cache_stats = dict(cache.stats, key=cache.key, directory=str(cache.directory))
-        return CachedTrainingDataset(cache, config.seed, config.data.text_dropout, config.data.mask_dropout)
+        return CachedTrainingDataset(cache, config.seed, config.data.text_dropout, config.data.mask_dropout,
+                                     config.data.empty_mask_dropout)
 
     def _sample_records(self):
         if not self.config.sample.every:
@@ -322,6 +353,7 @@ class Trainer:
             transformer=unwrapped.transformer, mogle=unwrapped.mogle, optimizer=self.optimizer.optimizer,
             lr_scheduler=self.lr_scheduler, state=self._trainer_state(), config_yaml=self.config.to_yaml(),
             grad_scaler=accelerator.scaler, scratch_pipeline=self.pipe if self.config.mode == "scratch" else None,
+            ema_weights=None if self.ema is None else dict(zip(self._trainable_names(), self.ema.shadow_params)),
         )
         return ckpt.save_checkpoint(self.config.checkpoints_dir, parts, process_index=accelerator.process_index,
                                     barrier=accelerator.wait_for_everyone, keep_last=self.config.checkpoint.keep_last)
@@ -367,10 +399,16 @@ class Trainer:
                 step_times.append(accelerator.gather(timesteps))
             if not accelerator.optimizer_step_was_skipped:
                 self.lr_scheduler.step()
+                if self.ema is not None:
+                    self.ema.step(self.trainable)
             self.global_step += 1
             self.samples_seen += self.global_batch
             losses = torch.cat(step_losses)
             mean_loss = losses.float().mean().item()
+            if not math.isfinite(mean_loss):  # stop before a NaN model is logged as trained or saved
+                raise TrainingError(f"the training loss is {mean_loss} at step {self.global_step} (lr "
+                                    f"{self.lr_scheduler.get_last_lr()[0]:g}); lower train.optimizer.lr or set "
+                                    f"train.max_grad_norm; checkpoints up to the last good step are kept")
             result.losses.append(mean_loss)
             result.step_seconds.append(time.perf_counter() - started)  # the step itself, without samples/saving
             checkpoint = None

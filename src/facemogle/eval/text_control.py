@@ -1,0 +1,136 @@
+"""Does the text reach the face? Text-only faces and per-attribute text control, read back.
+
+Two measurements of a model, both read back with the project's own face parser and captioner
+(:func:`facemogle.data.captions.attributes.describe`), nothing taken on trust:
+
+* :func:`text_only_faces`: faces from prompts alone (the empty mask, the paper's text-only mode);
+  the share of them in which the parser finds every part of :data:`FACE_PARTS`.
+* :func:`text_control`: for every attribute the captioner reads (hair colour, eyeglasses, hat,
+  smile, open mouth), faces from prompts that name one of its values, text-only and, for hair
+  colour (which no mask fixes), over masks as well. **Agreement** = how often the read-back value
+  is the prompted one; **chance** = how often it comes out that value when the prompt names
+  another (another hair colour; for yes/no attributes, a prompt about something else). Samples
+  are paired: sample ``k`` of every prompt uses seed ``seed + k`` (and, with masks, mask ``k``).
+
+Generated images are marked nowhere (``watermark=False``): they are scored and dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from facemogle.labels import class_id
+
+#: Parts that make a face: each must cover at least :data:`MIN_PART_PIXELS` of the parse.
+FACE_PARTS = (("face skin",), ("hair",), ("left eye",), ("right eye",), ("nose",), ("upper lip", "lower lip"))
+#: Pixels (at 128 x 128) a part needs to count as present (about 0.03 % of the image).
+MIN_PART_PIXELS = 5
+#: Hair colours asked for: the ones with more than 50 training faces (the captioner also names
+#: red, grey and white, each on a handful of the 800).
+HAIR_COLOURS = ("black", "brown", "blond")
+#: attribute -> {value: prompt}. Yes/no attributes have one prompt (value True).
+PROMPTS: dict[str, dict] = {
+    "hair_colour": {c: f"This person has {c} hair." for c in HAIR_COLOURS},
+    "eyeglasses": {True: "This person wears eyeglasses."},
+    "hat": {True: "This person wears a hat."},
+    "smiling": {True: "This person is smiling."},
+    "mouth_open": {True: "This person has an open mouth."},
+}
+#: Images per pipeline call.
+BATCH = 4
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """How images are drawn: the pipeline, the image side, the steps; ``seed`` of sample 0."""
+
+    pipe: object
+    size: int = 128
+    steps: int | None = None
+    seed: int = 0
+
+    def draw(self, prompts: list[str], masks: list | None = None, first_seed: int | None = None) -> list[Image.Image]:
+        """One image per prompt (and mask; ``None``: text-only), seeds ``first_seed + k``."""
+        first = self.seed if first_seed is None else first_seed
+        images: list[Image.Image] = []
+        for start in range(0, len(prompts), BATCH):
+            part = prompts[start:start + BATCH]
+            mask = None if masks is None else masks[start:start + BATCH]
+            out = self.pipe(mask=mask, prompt=part, height=self.size, width=self.size,
+                            num_inference_steps=self.steps, seed=[first + start + k for k in range(len(part))],
+                            watermark=False)
+            images.extend(out.images)
+        return images
+
+
+def parts_found(ids: np.ndarray, min_pixels: int = MIN_PART_PIXELS) -> dict[str, bool]:
+    """Which of :data:`FACE_PARTS` a parse (H, W) ids holds (a part of several classes: any)."""
+    found = {}
+    for names in FACE_PARTS:
+        pixels = sum(int((ids == class_id(name)).sum()) for name in names)
+        found[" / ".join(names)] = pixels >= min_pixels
+    return found
+
+
+def text_only_faces(sampler: Sampler, parser, prompts: list[str]) -> dict:
+    """Text-only faces from ``prompts``: the share with every face part, and per part."""
+    images = sampler.draw(prompts)
+    found = [parts_found(ids) for ids in parser.parse(images)]
+    parts = list(found[0]) if found else []
+    return {
+        "samples": len(images),
+        "all_parts": float(np.mean([all(f.values()) for f in found])) if found else float("nan"),
+        "per_part": {p: float(np.mean([f[p] for f in found])) for p in parts},
+        "size": sampler.size,
+    }
+
+
+def read_attributes(parser, images: list[Image.Image]) -> list[dict]:
+    """The captioner's attribute values of generated images (parsed by ``parser`` first)."""
+    from facemogle.data.captions.attributes import describe
+
+    return [{k: v.get("value") for k, v in describe(np.asarray(image), ids).items()}
+            for image, ids in zip(images, parser.parse(images))]
+
+
+def text_control(sampler: Sampler, parser, samples: int = 16, masks: list | None = None) -> dict:
+    """Agreement vs chance per attribute value (module docstring): text-only, and over ``masks``
+    (at least ``samples`` of them) for hair colour.
+
+    Returns ``{"text_only": {attribute: {value: {"agreement", "chance"}}}, "with_masks": {...},
+    "samples_per_prompt": samples}``.
+    """
+    result = {"samples_per_prompt": samples, "text_only": {}, "with_masks": {}}
+    read = {}  # (attribute, value) -> attribute values of its samples, text-only
+    for attribute, values in PROMPTS.items():
+        for value, prompt in values.items():
+            read[attribute, value] = read_attributes(parser, sampler.draw([prompt] * samples))
+    result["text_only"] = agreement_table(read)
+    if masks is not None:
+        if len(masks) < samples:
+            raise ValueError(f"text_control needs {samples} masks, got {len(masks)}")
+        over_masks = {("hair_colour", value): read_attributes(
+            parser, sampler.draw([prompt] * samples, masks=list(masks[:samples])))
+            for value, prompt in PROMPTS["hair_colour"].items()}
+        result["with_masks"] = agreement_table(over_masks)
+    return result
+
+
+def agreement_table(read: dict) -> dict:
+    """``read``: (attribute, prompted value) -> read-back attribute dicts. Per (attribute, value):
+    agreement = share read back as the value; chance = share read back as it among the samples of
+    the other prompts (another value of the attribute, or for a yes/no one every other prompt)."""
+    table: dict = {}
+    for (attribute, value), rows in read.items():
+        others = [r for (a, v), rs in read.items() if (a, v) != (attribute, value)
+                  and (a == attribute or isinstance(value, bool)) for r in rs]
+        match = lambda r: r.get(attribute) == value  # noqa: E731
+        table.setdefault(attribute, {})[str(value).lower() if isinstance(value, bool) else value] = {
+            "agreement": float(np.mean([match(r) for r in rows])) if rows else float("nan"),
+            "chance": float(np.mean([match(r) for r in others])) if others else float("nan"),
+            "samples": len(rows),
+        }
+    return table

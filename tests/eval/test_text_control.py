@@ -1,0 +1,94 @@
+"""Text-only faces and text control, read back: the counting, on hand-made parses and attributes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facemogle.eval.text_control import (FACE_PARTS, MIN_PART_PIXELS, Sampler, agreement_table, parts_found,
+                                         text_control, text_only_faces)
+from facemogle.labels import class_id
+
+
+def face_ids(missing: str | None = None) -> np.ndarray:
+    ids = np.zeros((32, 32), np.uint8)
+    for k, names in enumerate(FACE_PARTS):
+        if names[0] != missing:
+            ids[k * 4:k * 4 + 3, :3] = class_id(names[-1])  # 9 pixels each (>= MIN_PART_PIXELS)
+    return ids
+
+
+def test_parts_found_needs_every_part_with_enough_pixels():
+    assert all(parts_found(face_ids()).values())
+    found = parts_found(face_ids(missing="left eye"))
+    assert not found["left eye"] and sum(found.values()) == len(FACE_PARTS) - 1
+    speck = np.zeros((32, 32), np.uint8)
+    speck[0, : MIN_PART_PIXELS - 1] = class_id("nose")
+    assert not parts_found(speck)["nose"]
+    lower_lip_only = face_ids()
+    assert parts_found(lower_lip_only)["upper lip / lower lip"]  # either lip counts
+
+
+def test_agreement_and_chance():
+    read = {
+        ("hair_colour", "black"): [{"hair_colour": "black"}] * 3 + [{"hair_colour": None}],
+        ("hair_colour", "blond"): [{"hair_colour": "blond"}] * 2 + [{"hair_colour": "black"}] * 2,
+        ("hat", True): [{"hat": True}] * 4,
+        ("smiling", True): [{"smiling": False, "hat": True}] + [{"smiling": True}] * 3,
+    }
+    table = agreement_table(read)
+    assert table["hair_colour"]["black"] == {"agreement": 0.75, "chance": 0.5, "samples": 4}
+    assert table["hair_colour"]["blond"]["agreement"] == 0.5 and table["hair_colour"]["blond"]["chance"] == 0.0
+    # a yes/no attribute's chance: how often the faces made for every other prompt have it
+    assert table["hat"]["true"]["agreement"] == 1.0
+    assert table["hat"]["true"]["chance"] == pytest.approx(1 / 12)
+    assert table["smiling"]["true"]["chance"] == 0.0
+
+
+class FakePipe:
+    """Returns grey images and records the calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, mask, prompt, height, width, num_inference_steps, seed, watermark):
+        self.calls.append({"mask": mask, "prompt": list(prompt), "seed": list(seed), "watermark": watermark})
+
+        class Out:
+            images = [Image.new("RGB", (width, height), (128, 128, 128)) for _ in prompt]
+        return Out()
+
+
+class FakeParser:
+    def __init__(self, missing_every: int = 0):
+        self.count, self.missing_every = 0, missing_every
+
+    def parse(self, images):
+        out = []
+        for _ in images:
+            self.count += 1
+            gap = self.missing_every and self.count % self.missing_every == 0
+            out.append(face_ids(missing="nose" if gap else None))
+        return out
+
+
+def test_text_only_faces_counts_and_seeds():
+    pipe = FakePipe()
+    result = text_only_faces(Sampler(pipe, size=32, seed=10), FakeParser(missing_every=4), ["a"] * 10)
+    assert result["samples"] == 10 and result["all_parts"] == pytest.approx(0.8)  # 8 of 10 have a nose
+    assert result["per_part"]["nose"] == pytest.approx(0.8) and result["per_part"]["hair"] == 1.0
+    assert [s for c in pipe.calls for s in c["seed"]] == list(range(10, 20))
+    assert all(c["mask"] is None and c["watermark"] is False for c in pipe.calls)
+
+
+def test_text_control_pairs_seeds_and_masks():
+    pipe = FakePipe()
+    result = text_control(Sampler(pipe, size=32, seed=0), FakeParser(), samples=2, masks=["m0", "m1", "m2"])
+    assert set(result["text_only"]) == {"hair_colour", "eyeglasses", "hat", "smiling", "mouth_open"}
+    assert set(result["with_masks"]) == {"hair_colour"}
+    text_only_calls = [c for c in pipe.calls if c["mask"] is None]
+    assert all(c["seed"] == [0, 1] for c in text_only_calls)  # sample k of every prompt: seed k
+    assert all(c["mask"] == ["m0", "m1"] for c in pipe.calls if c["mask"] is not None)
+    with pytest.raises(ValueError, match="needs 2 masks"):
+        text_control(Sampler(pipe, size=32), FakeParser(), samples=2, masks=["m0"])
