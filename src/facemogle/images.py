@@ -67,21 +67,29 @@ def decode_image_file(path: ImagePath, *, what: str = "image", max_pixels: int =
             raise error(f"{name} is not an image file that can be read (no known image format)") from None
         except DECODE_ERRORS as err:
             raise error(f"{name} is not an image file that can be read ({_one_line(err)})") from None
-        width, height = image.size
-        if width * height > max_pixels:
-            raise error(f"{name} is {width}x{height} = {width * height:,} pixels, more than the {what} limit of "
-                        f"{max_pixels:,}; refusing to decode it")
-        if width == 0 or height == 0:
-            raise error(f"{name} is empty ({width}x{height} pixels)")
-        try:
-            image.load()
-        except DECODE_ERRORS as err:
-            raise error(f"{name} could not be decoded, the file is truncated or corrupt ({_one_line(err)})") from None
+        load_checked(image, name=name, what=what, max_pixels=max_pixels, error=error)
         if image.format == "PNG":
             handle.seek(0)
             missing = png_rows_missing(handle.read())
             if missing:
                 raise error(f"{name} is truncated: its PNG data ends {missing} bytes before the last row")
+    return image
+
+
+def load_checked(image: Image.Image, *, name: str, what: str = "image", max_pixels: int = MAX_IMAGE_PIXELS,
+                 error: type[Exception] = InputError) -> Image.Image:
+    """Decode an opened image's pixels after checking its size against ``max_pixels`` (and not
+    empty); a decoding failure is one ``error`` line naming ``name``."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise error(f"{name} is {width}x{height} = {width * height:,} pixels, more than the {what} limit of "
+                    f"{max_pixels:,}; refusing to decode it")
+    if width == 0 or height == 0:
+        raise error(f"{name} is empty ({width}x{height} pixels)")
+    try:
+        image.load()
+    except DECODE_ERRORS as err:
+        raise error(f"{name} could not be decoded, the file is truncated or corrupt ({_one_line(err)})") from None
     return image
 
 

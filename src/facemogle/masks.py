@@ -36,8 +36,6 @@ section 2: index 0 the colour render (global mask), index ``1 + i`` the binary m
 from __future__ import annotations
 
 import os
-import struct
-import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -79,7 +77,6 @@ _OFFICIAL_TO_BISENET_LUT = np.array(OFFICIAL_TO_BISENET, dtype=np.uint8)
 _ID_MODES = ("L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N")
 _COLOUR_MODES = ("RGB", "RGBA", "RGBX")
 _LOSSY_FORMATS = ("JPEG", "MPO")
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,18 +138,9 @@ def _load_mask_file(path: Path, order: str, max_color_distance: float) -> np.nda
 
 
 def _decode_image(image: Image.Image, order: str, max_color_distance: float, *, name: str) -> np.ndarray:
-    width, height = image.size
-    if width * height > MAX_MASK_PIXELS:
-        raise MaskError(
-            f"{name} is {width}x{height} = {width * height:,} pixels, more than the mask limit of "
-            f"{MAX_MASK_PIXELS:,} ({MAX_MASK_SIDE}x{MAX_MASK_SIDE}); refusing to decode it"
-        )
-    if width == 0 or height == 0:
-        raise MaskError(f"{name} is empty ({width}x{height} pixels)")
-    try:
-        image.load()
-    except _DECODE_ERRORS as err:
-        raise MaskError(f"{name} could not be decoded, the file is truncated or corrupt ({err})") from err
+    from facemogle.images import load_checked  # the one decoder's checks: pixel cap, empty, truncated
+
+    load_checked(image, name=name, what="mask", max_pixels=MAX_MASK_PIXELS, error=MaskError)
 
     lossy = image.format in _LOSSY_FORMATS
     mode = image.mode
