@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
 
 from facemogle.errors import CheckpointError, InputError
-from facemogle.files import (atomic_save_safetensors, atomic_write, atomic_write_text, files_by_stem, natural_key,
-                             read_state_dict_file)
+from facemogle.files import (atomic_directory, atomic_save_pretrained, atomic_save_safetensors, atomic_write,
+                             atomic_write_text, files_by_stem, natural_key, read_state_dict_file)
 
 
 def test_a_failing_write_leaves_no_file(tmp_path):
@@ -81,3 +82,54 @@ def test_files_by_stem_filters_sorts_naturally_and_refuses_ambiguous_stems(tmp_p
     with pytest.raises(InputError, match="same stem '2'"):
         files_by_stem(tmp_path)
     assert sorted(["a10", "a2", "b1", "a1"], key=natural_key) == ["a1", "a2", "a10", "b1"]
+
+
+def test_a_directory_is_replaced_whole_or_not_at_all(tmp_path):
+    export = tmp_path / "model"
+    export.mkdir()
+    (export / "weights.bin").write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(export) as staging:
+            (staging / "weights.bin").write_bytes(b"new, half")
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert [p.name for p in export.iterdir()] == ["weights.bin"] and (export / "weights.bin").read_bytes() == b"old"
+    with atomic_directory(export) as staging:
+        (staging / "config.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging or old folder left
+    assert [p.name for p in export.iterdir()] == ["config.json"]
+
+
+class _Saver:
+    """A stand-in for a diffusers model: save_pretrained writes two files, or one and is interrupted."""
+
+    def __init__(self, interrupt: bool):
+        self.interrupt = interrupt
+
+    def save_pretrained(self, directory, **options):
+        (Path(directory) / "config.json").write_text('{"new": true}')
+        if self.interrupt:
+            raise KeyboardInterrupt
+        (Path(directory) / "model.safetensors").write_bytes(b"new weights")
+
+
+def test_save_pretrained_files_land_only_when_all_are_written(tmp_path):
+    folder = tmp_path / "parser"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"old": true}')
+    (folder / "metrics.json").write_text("{}")  # not the model's: kept
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save_pretrained(_Saver(interrupt=True), folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "metrics.json"]
+    assert (folder / "config.json").read_text() == '{"old": true}'
+    atomic_save_pretrained(_Saver(interrupt=False), folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "metrics.json", "model.safetensors"]
+    assert (folder / "config.json").read_text() == '{"new": true}'
+
+
+def test_weights_holding_nan_or_inf_are_refused_by_name(tmp_path):
+    torch.save({"ok": torch.ones(2), "bad": torch.tensor([0.0, float("inf")])}, tmp_path / "w.pt")
+    with pytest.raises(CheckpointError, match=r"w\.pt: tensor bad holds NaN or infinite values"):
+        read_state_dict_file(tmp_path / "w.pt")
+    torch.save({"steps": torch.tensor([3])}, tmp_path / "ints.pt")  # integer tensors have no NaN
+    assert read_state_dict_file(tmp_path / "ints.pt")["steps"].item() == 3

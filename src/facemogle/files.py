@@ -8,8 +8,10 @@ the new one, never half of one. Weight files are read without unpickling anythin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
@@ -94,6 +96,9 @@ class AllOrNothing:
     def __exit__(self, exc_type, exc, traceback) -> bool:
         try:
             if exc_type is None:
+                for hidden, _ in self.staged:  # on disk before any is renamed
+                    with open(hidden, "rb+") as handle:
+                        os.fsync(handle.fileno())
                 for hidden, path in self.staged:
                     os.replace(hidden, path)
                 for folder in {path.parent for _, path in self.staged}:
@@ -102,6 +107,65 @@ class AllOrNothing:
             for hidden, _ in self.staged:
                 hidden.unlink(missing_ok=True)
         return False
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike):
+    """A folder written whole or not at all (``with atomic_directory(DIR) as staging:``): the block
+    writes into ``staging``, a hidden folder beside ``path``; when it ends normally ``staging``
+    replaces ``path`` (an old ``path`` is moved aside first and then removed), and when it raises
+    (or is interrupted) ``staging`` is removed and ``path`` is left as it was. For
+    ``save_pretrained`` exports, which write several files."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        yield staging
+        for written in staging.rglob("*"):
+            if written.is_file():
+                with open(written, "rb+") as handle:
+                    os.fsync(handle.fileno())
+        if path.exists():
+            os.replace(path, old)
+        os.replace(staging, path)
+        fsync_dir(path.parent)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+        if old.exists():
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def atomic_save_pretrained(model, path: str | os.PathLike, **options) -> Path:
+    """``model.save_pretrained(path, **options)`` (diffusers / transformers) with every file it
+    writes renamed into ``path`` only once all are on disk: an interrupt leaves each file old or
+    new, never half written. Other files already in ``path`` are kept (it may be a user's folder;
+    :func:`atomic_directory` replaces a whole folder)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    staging = path / f".save_pretrained.partial-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        model.save_pretrained(str(staging), **options)
+        written = sorted(p for p in staging.rglob("*") if p.is_file())
+        for file in written:
+            with open(file, "rb+") as handle:
+                os.fsync(handle.fileno())
+        for file in written:
+            target = path / file.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(file, target)
+        fsync_dir(path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return path
 
 
 def atomic_torch_save(path: str | os.PathLike, obj) -> Path:
@@ -125,7 +189,8 @@ def read_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a plain state dict from ``.pt``/``.pth``/``.bin`` (weights only) or ``.safetensors``.
 
     Raises:
-        CheckpointError: the file is missing, not a checkpoint, or not a dict of tensors.
+        CheckpointError: the file is missing, not a checkpoint, not a dict of tensors, or a
+        floating-point tensor holds NaN or infinite values.
     """
     import torch
     from safetensors.torch import load_file
@@ -139,14 +204,23 @@ def read_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling / zip / header errors all mean "not a checkpoint"
-        raise CheckpointError(f"{path}: not a readable weights file ({type(error).__name__}: {error})") from None
+        raise CheckpointError(f"{path}: not a readable weights file ({type(error).__name__}: {first_line(error)})") from None
     if not isinstance(state_dict, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
     ):
         raise CheckpointError(f"{path}: not a state dict (a mapping of names to tensors)")
     if not state_dict:
         raise CheckpointError(f"{path}: the state dict is empty")
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: tensor {name} holds NaN or infinite values")
     return dict(state_dict)
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (torch's unpickling errors run to a page), shortened."""
+    text = (str(error).strip().splitlines() or [""])[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def safe_torch_load(path: str | os.PathLike):
@@ -156,7 +230,7 @@ def safe_torch_load(path: str | os.PathLike):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling / zip errors all mean "not a valid state file"
-        raise CheckpointError(f"{path}: not a readable state file ({type(error).__name__}: {error})") from None
+        raise CheckpointError(f"{path}: not a readable state file ({type(error).__name__}: {first_line(error)})") from None
 
 
 # ----------------------------------------------------------------------------------- folders

@@ -333,8 +333,10 @@ class MoGLE(ModelMixin, ConfigMixin):
         return self.state_dict()
 
     def save_official_checkpoint(self, path: str | os.PathLike) -> None:
-        """Write the weights as a plain ``torch.save`` state dict, like the official file."""
-        torch.save(self.official_state_dict(), path)
+        """Write the weights as a plain ``torch.save`` state dict, like the official file (atomically)."""
+        from facemogle.files import atomic_torch_save
+
+        atomic_torch_save(path, self.official_state_dict())
 
     def load_official_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Load an official-layout state dict, cast to this module's dtype.

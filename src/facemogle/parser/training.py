@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from facemogle.data.splits import DEFAULT_NUM_VAL, DEFAULT_SALT, SPLIT_RULE, Split, split_folder, write_split
 from facemogle.errors import CheckpointError, InputError
-from facemogle.files import atomic_torch_save, atomic_write_text, safe_torch_load
+from facemogle.files import atomic_save_pretrained, atomic_torch_save, atomic_write_text, safe_torch_load
 from facemogle.labels import CLASS_NAMES, class_id
 from facemogle.masks import load_mask
 from facemogle.parser.augment import augment, copy_paste, copy_paste_pool
@@ -335,8 +335,8 @@ def save_and_measure(model: FaceParser, settings: TrainingSettings, split: Split
     if settings.test_time_sizes is not None:
         model.register_to_config(test_time_sizes=list(settings.test_time_sizes))
     settings.test_time_sizes = list(model.config.test_time_sizes)
-    settings.output.mkdir(parents=True, exist_ok=True)
-    model.to(getattr(torch, settings.weights_dtype)).save_pretrained(settings.output)  # load_parser computes in float32
+    # load_parser computes in float32
+    atomic_save_pretrained(model.to(getattr(torch, settings.weights_dtype)), settings.output)
     config_file = settings.output / FaceParser.config_name
     config = json.loads(config_file.read_text())
     # Keep the class/version keys and FaceParser's own arguments: not the init_from path (a trace of

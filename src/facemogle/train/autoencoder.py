@@ -18,13 +18,12 @@ the other patch-codec shapes it was chosen over, go into ``<output_dir>/candidat
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 
 import torch
 
+from facemogle.files import atomic_save_pretrained
 from facemogle.train.config import TrainingConfig
 
 VAE_DIR = "vae"
@@ -126,13 +125,7 @@ def latent_statistics(vae, faces, batch_size: int, device) -> tuple[float, float
 
 def save_autoencoder(vae, output_dir: Path) -> Path:
     """``vae.save_pretrained`` into ``<output_dir>/vae``, complete or not at all; returns that folder."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    partial, final = output_dir / f".{VAE_DIR}.partial-{os.getpid()}", output_dir / VAE_DIR
-    vae.save_pretrained(str(partial), safe_serialization=True)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)
-    return final
+    return atomic_save_pretrained(vae, output_dir / VAE_DIR, safe_serialization=True)
 
 
 #: Patch codecs measured beside the configured one: (downsample factor, latent channels, decoder

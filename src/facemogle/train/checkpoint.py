@@ -55,7 +55,7 @@ from safetensors.torch import load_file
 
 from facemogle.errors import CheckpointError
 from facemogle.files import (LORA_WEIGHT_NAME, MOGLE_WEIGHT_NAME, atomic_save_safetensors, atomic_torch_save,
-                             atomic_write, atomic_write_text, fsync_dir, read_state_dict_file, safe_torch_load)
+                             atomic_write_text, fsync_dir, read_state_dict_file, safe_torch_load)
 from facemogle.specs import SAVED_PIPELINE_DIR
 
 CHECKPOINT_FORMAT_VERSION = 1
@@ -274,7 +274,7 @@ def save_checkpoint(root: str | os.PathLike, parts: CheckpointParts, *, process_
             os.fsync(handle.fileno())
         os.replace(staging / LORA_WEIGHT_NAME, tmp / LORA_WEIGHT_NAME)
         shutil.rmtree(staging)
-        atomic_write(tmp / MOGLE_WEIGHT_NAME, parts.mogle.save_official_checkpoint)
+        parts.mogle.save_official_checkpoint(tmp / MOGLE_WEIGHT_NAME)
         atomic_torch_save(tmp / OPTIMIZER_NAME, parts.optimizer.state_dict())
         atomic_torch_save(tmp / SCHEDULER_NAME, parts.lr_scheduler.state_dict())
         if parts.grad_scaler is not None:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from facemogle.files import atomic_save_safetensors, atomic_write_text
+from facemogle.files import atomic_save_pretrained, atomic_save_safetensors, atomic_write_text
 
 IMAGE_SIDE = 64
 TEXT_ENCODER_DIRS = ("text_encoder", "text_encoder_2")
@@ -147,7 +147,7 @@ def train_text_encoders(pipe, faces, captions: list[list[str]], output_dir: str 
         encoder.requires_grad_(False).eval()
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, encoder in zip(TEXT_ENCODER_DIRS, encoders):
-        encoder.save_pretrained(str(output_dir / name), safe_serialization=True)
+        atomic_save_pretrained(encoder, output_dir / name, safe_serialization=True)
     atomic_save_safetensors(output_dir / SCORE_FILE, {**{f"tower.{k}": v for k, v in tower.state_dict().items()},
                                                       **{f"proj_clip.{k}": v for k, v in proj_clip.state_dict().items()}},
                             metadata={"width": str(width)})

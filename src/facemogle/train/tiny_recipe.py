@@ -38,7 +38,7 @@ from typing import Callable
 import torch
 import yaml
 
-from facemogle.files import atomic_write, atomic_write_text
+from facemogle.files import atomic_directory, atomic_write_text
 
 #: Share of a pilot's minutes per stage (autoencoder, text, diffusion); captions/cache/export extra.
 PILOT_SHARES = {"autoencoder": 0.3, "text": 0.15, "diffusion": 0.55}
@@ -360,24 +360,15 @@ def export_pipeline(checkpoint: Path, export: Path, report: dict, split, config,
     pipe.default_guidance_scale = SCRATCH_GUIDANCE_SCALE
     pipe.default_mask_guidance_scale = TINY_MASK_GUIDANCE_SCALE
     pipe.to(dtype=torch.float16)
-    staging = export.with_name(f".{export.name}.tmp-{os.getpid()}")
-    if staging.exists():
-        shutil.rmtree(staging)
-    try:
+    with atomic_directory(export) as staging:  # the shipped folder: the old model or the whole new one
         pipe.save_pretrained(str(staging), safe_serialization=True)
         drop_local_paths(staging)
-        atomic_write(staging / SCORE_FILE, lambda tmp: shutil.copyfile(text_dir / SCORE_FILE, tmp))
+        shutil.copyfile(text_dir / SCORE_FILE, staging / SCORE_FILE)
         size_mb = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file()) / 1e6
         parameters = {name: sum(p.numel() for p in getattr(pipe, name).parameters())
                       for name in ("transformer", "mogle", "vae", "text_encoder", "text_encoder_2")}
         report["export"] = {"directory": str(export), "size_mb": round(size_mb, 2), "parameters": parameters}
-        atomic_write_text(staging / "MODEL_CARD.md", model_card(report, split, config))
-        if export.exists():
-            shutil.rmtree(export)
-        os.replace(staging, export)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+        (staging / "MODEL_CARD.md").write_text(model_card(report, split, config), encoding="utf-8")
     print(f"exported {export} ({size_mb:.1f} MB)")
 
 
