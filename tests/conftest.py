@@ -1,10 +1,21 @@
-"""Shared test fixtures: paths into ../shared, skipped with a reason when it is absent."""
+"""Shared test fixtures: paths into ../shared, skipped with a reason when it is absent.
+
+The suite runs torch with the ``facemogle`` command's CPU thread policy (facemogle.cpu_threads,
+set here before torch is imported): a core found busy at start-up gets no thread, and OpenMP's
+spinning is bounded, so a busy machine slows the suite down by its share of the cores instead of
+20-30x. Results then do not depend on the load beyond the thread count, which the tests'
+tolerances allow for (tests/tolerances.py).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+from facemogle import cpu_threads
+
+cpu_threads.configure()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"

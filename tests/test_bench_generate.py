@@ -79,8 +79,8 @@ def test_cli_writes_json(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, words", [
     (["--model", "no-such-model"], "unknown model"),
-    (["--threads", "0"], "threads must be >= 1"),
-    (["--runs", "0"], "runs must be >= 1"),
+    (["--threads", "0"], "--threads must be in 1..256"),
+    (["--runs", "0"], "--runs must be in 1..100"),
 ])
 def test_cli_bad_input_gives_one_line_error(argv, words, capsys):
     threads = torch.get_num_threads()

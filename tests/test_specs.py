@@ -70,3 +70,27 @@ def test_registry_inference_setting_matches_the_preset(tiny_random):
     assert steps == tiny_random.default_num_inference_steps
     assert guidance == tiny_random.default_guidance_scale == SCRATCH_GUIDANCE_SCALE == 1.0
     assert get_spec("flux-dev").inference is None  # the paper's setting
+
+
+def test_a_damaged_or_nan_saved_model_is_refused_in_one_line(tiny_random, tmp_path):
+    """A truncated weight file, an edited config, or weights holding NaN: a CheckpointError naming
+    the folder (and the tensor), not a traceback or a model that draws black images."""
+    from safetensors.torch import load_file, save_file
+
+    tiny_random.save_pretrained(str(tmp_path / "cut"))
+    weights = next((tmp_path / "cut" / "transformer").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"cut: not a loadable saved pipeline") as refused:
+        load_pipeline("tiny", weights=tmp_path / "cut")
+    assert "\n" not in str(refused.value)
+
+    tiny_random.save_pretrained(str(tmp_path / "nan"))
+    weights = next((tmp_path / "nan" / "mogle").glob("*.safetensors"))
+    tensors = load_file(str(weights))
+    name = sorted(k for k, v in tensors.items() if v.is_floating_point())[0]
+    tensors[name][..., 0] = float("nan")
+    save_file(tensors, str(weights))
+    with pytest.raises(CheckpointError, match=rf"nan: mogle weight {name} holds NaN or infinite values"):
+        load_pipeline("tiny", weights=tmp_path / "nan")
+    with pytest.raises(CheckpointError, match=r"holds NaN"):
+        load_pipeline("saved", path=tmp_path / "nan")

@@ -39,16 +39,20 @@ class ModelSpec:
     build: Callable[..., "FaceMoGLEPipeline"]  # noqa: F821
     #: the (size, steps, guidance) the model is meant to be sampled with; None: the paper's
     inference: tuple[int, int, float] | None = None
+    #: sizes must be multiples of this (autoencoder factor x 2x2 packing); None: known once loaded
+    size_multiple: int | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(name: str, description: str, inference: tuple[int, int, float] | None = None):
+def register(name: str, description: str, inference: tuple[int, int, float] | None = None,
+             size_multiple: int | None = None):
     """Decorator adding a builder function to the registry under ``name``."""
 
     def wrap(build):
-        _REGISTRY[name] = ModelSpec(name=name, description=description, build=build, inference=inference)
+        _REGISTRY[name] = ModelSpec(name=name, description=description, build=build, inference=inference,
+                                    size_multiple=size_multiple)
         return build
 
     return wrap
@@ -129,10 +133,15 @@ def _resolve_checkpoint_dir(checkpoint: str | os.PathLike) -> tuple[Path, Path]:
             f"{path} is not a Face-MoGLE checkpoint directory (needs {LORA_WEIGHT_NAME} and {MOGLE_WEIGHT_NAME}; "
             f"missing: {', '.join(missing) if path.is_dir() else 'the directory itself'})"
         )
+    from facemogle.train.checkpoint import MARKER_NAME, verify_checkpoint
+
+    if (path / MARKER_NAME).is_file():  # a training checkpoint: every file as it was written (size, sha256)
+        verify_checkpoint(path)
     return lora, mogle
 
 
-@register("flux-dev", "FLUX.1-dev base (a local directory or hub id) + the official Face-MoGLE LoRA and MoGLE files")
+@register("flux-dev", "FLUX.1-dev base (a local directory or hub id) + the official Face-MoGLE LoRA and MoGLE files",
+          size_multiple=16)
 def build_flux_dev(
     base: str | os.PathLike = FLUX_DEV_HUB_ID,
     lora: str | os.PathLike | None = None,
@@ -193,13 +202,32 @@ def saved_pipeline_dir(path: str | os.PathLike) -> Path | None:
 @register("saved", "a directory written by FaceMoGLEPipeline.save_pretrained (or a scratch-mode training checkpoint)")
 def build_saved(path: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
     """Load a whole saved pipeline: every component, the condition LoRA and MoGLE."""
-    from facemogle.pipeline import FaceMoGLEPipeline
 
     directory = saved_pipeline_dir(path)
     if directory is None:
         raise CheckpointError(f"{path} holds no saved pipeline (no model_index.json in it or in {SAVED_PIPELINE_DIR}/)")
     kwargs = {"torch_dtype": dtype} if dtype is not None else {}
-    return FaceMoGLEPipeline.from_pretrained(str(directory), **kwargs).to(device or "cpu")
+    return open_saved_pipeline(directory, **kwargs).to(device or "cpu")
+
+
+def open_saved_pipeline(directory: Path, **kwargs):
+    """``FaceMoGLEPipeline.from_pretrained(directory)``, with a damaged folder (a truncated or
+    edited weight file, a broken config) or weights holding NaN / infinite values refused by a
+    one-line :class:`CheckpointError` instead of a traceback or a model that draws black images."""
+    from facemogle.files import first_line
+    from facemogle.pipeline import FaceMoGLEPipeline
+
+    try:
+        pipe = FaceMoGLEPipeline.from_pretrained(str(directory), **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, EnvironmentError) as error:
+        raise CheckpointError(f"{directory}: not a loadable saved pipeline ({type(error).__name__}: "
+                              f"{first_line(error)})") from None
+    for component in ("transformer", "mogle", "vae", "text_encoder", "text_encoder_2"):
+        module = getattr(pipe, component, None)
+        for name, tensor in (module.state_dict().items() if isinstance(module, torch.nn.Module) else ()):
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise CheckpointError(f"{directory}: {component} weight {name} holds NaN or infinite values")
+    return pipe
 
 
 def checkpoint_spec(checkpoint: str | os.PathLike) -> tuple[str, dict]:
@@ -207,6 +235,7 @@ def checkpoint_spec(checkpoint: str | os.PathLike) -> tuple[str, dict]:
     LoRA + MoGLE files on a FLUX.1-dev base ("flux-dev")."""
     if saved_pipeline_dir(checkpoint) is not None:
         return "saved", {"path": checkpoint}
+    _resolve_checkpoint_dir(checkpoint)  # the adapter files, checked before the FLUX.1-dev base is loaded
     return "flux-dev", {"checkpoint": checkpoint}
 
 
@@ -261,7 +290,8 @@ TINY_RANDOM_T5_TEXT = dict(
 )
 
 
-@register("tiny-random", "a few-layer random model built in memory (tests and smoke runs; no files, noise-like images)")
+@register("tiny-random", "a few-layer random model built in memory (tests and smoke runs; no files, noise-like images)",
+          size_multiple=16)
 def build_tiny_random(seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, lora_rank: int = 4):
     """A random Face-MoGLE pipeline with FLUX's structure at toy sizes, built from configs."""
     pipe = build_small_pipeline(
@@ -357,7 +387,8 @@ def build_small_pipeline(transformer_config: dict, vae_config: dict, clip_config
 
 
 @register("tiny", "the bundled CPU model: 128 px, 20 steps, trained here on CelebAMask-HQ (weights in the package)",
-          inference=(TINY_SAMPLE_SIZE * TINY_VAE_FACTOR, TINY_NUM_INFERENCE_STEPS, SCRATCH_GUIDANCE_SCALE))
+          inference=(TINY_SAMPLE_SIZE * TINY_VAE_FACTOR, TINY_NUM_INFERENCE_STEPS, SCRATCH_GUIDANCE_SCALE),
+          size_multiple=2 * TINY_VAE_FACTOR)
 def build_tiny(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, weights: str | os.PathLike | None = None,
                random_init: bool = False, text_encoders: str | os.PathLike | None = None, seed: int = 0,
                lora_rank: int = 4):
@@ -392,7 +423,6 @@ def build_tiny(device: str | torch.device = "cpu", dtype: torch.dtype = torch.fl
                 raise CheckpointError(f"{directory} holds no trained text encoders ({err})") from err
             pipe.register_modules(text_encoder=clip, text_encoder_2=t5)
         return pipe.to(device=device, dtype=dtype) if dtype != torch.float32 else pipe.to(device)
-    from facemogle.pipeline import FaceMoGLEPipeline
 
     directory = Path(weights) if weights is not None else TINY_WEIGHTS_DIR
     if not (directory / "model_index.json").is_file():
@@ -400,5 +430,4 @@ def build_tiny(device: str | torch.device = "cpu", dtype: torch.dtype = torch.fl
             f"the bundled tiny model has not been trained yet ({directory} holds no model_index.json); "
             f"train it with `{TINY_TRAIN_COMMAND}` (about 2 hours on 2 CPU cores), or pick another --model"
         )
-    pipe = FaceMoGLEPipeline.from_pretrained(str(directory), torch_dtype=dtype)
-    return pipe.to(device)
+    return open_saved_pipeline(directory, torch_dtype=dtype).to(device)

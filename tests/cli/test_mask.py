@@ -117,9 +117,9 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "truncated": (tmp_path / "cut.png", "truncated or corrupt"),
         "id 19": (tmp_path / "id19.png", "class ids outside 0..18: 19"),
         "unknown colour": (tmp_path / "white.png", "RGB (255, 255, 255)"),
-        "missing": (tmp_path / "absent.png", "No such file or directory"),
-        "directory": (tmp_path, "Is a directory"),
-        "under a file": (tmp_path / "empty.png/mask.png", "Not a directory"),
+        "missing": (tmp_path / "absent.png", "does not exist"),
+        "directory": (tmp_path, "is not a regular file"),
+        "under a file": (tmp_path / "empty.png/mask.png", "does not exist"),
     }
 
 
@@ -135,19 +135,19 @@ def test_bad_masks_give_one_line_errors(capsys, tmp_path, action):
 def test_bad_outputs_and_options_give_one_line_errors(capsys, tmp_path):
     save_mask(np.zeros((8, 8), np.uint8), tmp_path / "mask.png", to="color")
     code, _, err = _run(capsys, "convert", tmp_path / "mask.png", "-o", tmp_path / "out.jpg", "--to", "ids")
-    _assert_one_line_error(code, err, "ending in .png")
+    _assert_one_line_error(code, err, "must end in .png")
     code, _, err = _run(capsys, "show", tmp_path / "mask.png", "-o", tmp_path / "out.gif")
-    _assert_one_line_error(code, err, "ending in .png")
+    _assert_one_line_error(code, err, "must end in .png")
     (tmp_path / "file").write_text("")
     code, _, err = _run(capsys, "show", tmp_path / "mask.png", "-o", tmp_path / "file/out.png")
-    _assert_one_line_error(code, err, "File exists")
+    _assert_one_line_error(code, err, "is not a folder")
     skin = np.zeros((8, 8, 3), np.uint8)
     skin[...] = PALETTE[class_id("face skin")]  # a colour render
     Image.fromarray(skin).save(tmp_path / "colour.png")
     code, _, err = _run(capsys, "show", tmp_path / "colour.png", "-o", tmp_path / "out.png", "--from-order", "bisenet")
     _assert_one_line_error(code, err, "applies only to id masks")
     code, _, err = _run(capsys, "show", tmp_path / "colour.png", "-o", tmp_path / "out.png", "--max-color-distance", "-3")
-    _assert_one_line_error(code, err, "max_color_distance must be >= 0")
+    _assert_one_line_error(code, err, "--max-color-distance must be in [0, 255]")
 
 
 def test_a_fifo_or_a_nan_bound_is_refused_without_hanging(tmp_path, capsys):
@@ -159,7 +159,7 @@ def test_a_fifo_or_a_nan_bound_is_refused_without_hanging(tmp_path, capsys):
     assert "not a regular file" in capsys.readouterr().err
     from facemogle.masks import EXAMPLE_MASK as example
 
-    for bound in ("nan", "-1", "300"):
+    for bound, message in (("nan", "must be a finite number"), ("-1", "must be in [0, 255]"), ("300", "must be in [0, 255]")):
         assert main(["mask", "show", str(example), "--max-color-distance", bound, "-o", str(tmp_path / "l.png")]) == 2
-        assert "max_color_distance must be >= 0 and <= 255" in capsys.readouterr().err
+        assert f"--max-color-distance {message}" in capsys.readouterr().err
     assert not (tmp_path / "l.png").exists()

@@ -3,6 +3,10 @@
 Each sub-command lives in its own module of this package and exposes ``add_parser(subparsers)``,
 which registers an ``argparse`` parser whose ``func`` default runs the command. This module only
 collects them and turns user errors into one-line messages with a non-zero exit status.
+
+Interrupts: Ctrl-C (SIGINT) and SIGTERM both unwind the command as an exception, so every
+file being written is removed and every destination keeps what it held (facemogle.files); the
+command then exits 130 (SIGINT) or 143 (SIGTERM) with one line, no traceback.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 
 from facemogle import __version__
 from facemogle.errors import FaceMoGLEError
@@ -29,6 +35,16 @@ COMMAND_MODULES = [
 ]
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is so that it unwinds like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 class _NoTorchvisionNotice(logging.Filter):
@@ -52,6 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    try:
+        return _run(argv)
+    except KeyboardInterrupt as interrupt:  # also while the command line is built (imports)
+        terminated = isinstance(interrupt, Terminated)
+        name = (argv if argv is not None else sys.argv[1:])[:1]
+        print(f"facemogle{' ' + name[0] if name else ''}: {'terminated' if terminated else 'interrupted'}",
+              file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str] | None) -> int:
     if "torch" not in sys.modules:  # OpenMP reads its settings once, when torch loads
         from facemogle import cpu_threads
 
@@ -71,9 +103,6 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {err.filename}" if getattr(err, "filename", None) else ""
         print(f"facemogle {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"facemogle {args.command}: interrupted", file=sys.stderr)
-        return 130
     return int(result or 0)
 
 

@@ -45,8 +45,6 @@ def _bench_train(args: argparse.Namespace) -> dict:
     from facemogle.train.bench import bench_train
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     if args.steps < 2:
         raise InputError("--steps must be >= 2 (the first step is a warm-up and not timed)")
@@ -178,8 +176,32 @@ BENCHMARKS = {
 }
 
 
+#: Bounds of the benchmarks' numeric options, by attribute name (each benchmark has some of them).
+OPTION_BOUNDS = {"steps": (1, 1000), "resolution": (16, 1024), "batch_size": (1, 64), "samples": (1, 10_000),
+                 "threads": (1, 256), "size": (16, 2048), "runs": (1, 100), "per_kind": (1, 1000),
+                 "amount": (0, 512), "faces": (1, 100_000)}
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every benchmark's numbers and its --json path, before anything is loaded or measured."""
+    from facemogle.cli import checks
+
+    for name, (low, high) in OPTION_BOUNDS.items():
+        if getattr(args, name, None) is not None:
+            checks.int_in_range(f"--{name.replace('_', '-')}", getattr(args, name), low, high)
+    if getattr(args, "seed", None) is not None:
+        checks.seed("--seed", args.seed)
+    if getattr(args, "prompt", None) is not None:
+        from facemogle.pipeline import check_prompt
+
+        check_prompt(args.prompt)
+    if args.json:
+        checks.output_file("--json", args.json, (".json",), make_folder=True)
+
+
 def run(args: argparse.Namespace) -> int:
     _, _, measure = BENCHMARKS[args.bench]
+    check_arguments(args)
     report = measure(args)
     text = json.dumps(report, indent=1)
     print(text)

@@ -46,9 +46,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 1 <= args.sentences <= MAX_SENTENCES:
-        raise InputError(f"--sentences must be in 1..{MAX_SENTENCES}, got {args.sentences}")
+    from facemogle.cli import checks
+
+    checks.input_folder("DIR", args.folder)
+    checks.int_in_range("--sentences", args.sentences, 1, MAX_SENTENCES)
+    checks.seed("--seed", args.seed)
     out = args.folder if args.out is None else args.out
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is not a folder")
+    checks.output_file("--out", out / TEXT_JSON, make_folder=True)
     captions = caption_folder(
         args.folder,
         out,

@@ -4,7 +4,10 @@ Each check raises :class:`~facemogle.errors.InputError` with one line that names
 what it allows, e.g. ``--steps must be in 1..1000, got 100000``.
 
 * numbers: :func:`int_in_range`, :func:`finite`, :func:`seed`;
-* files read: :func:`input_file` (exists, a regular file: a FIFO would block);
+* the sampling options ``generate``, ``edit`` and ``evaluate --protocol`` share (steps, size,
+  guidance, mask guidance, prompt, device, seed): :func:`sampling_options`;
+* files read: :func:`input_file` (exists, a regular file: a FIFO would block) and
+  :func:`input_folder`;
 * files written: :func:`output_file` (an allowed suffix, its folder exists, not a folder, not a
   symlink: writing through a link would replace the file it points to) and :func:`output_files`
   for a command that writes several (all checked before the first is written, no name twice).
@@ -21,6 +24,8 @@ from facemogle.errors import InputError
 
 #: Seeds torch's generators take: [0, 2**64).
 SEED_LIMIT = 2**64
+#: Smallest --size a command accepts (one 16 px token of a /8 model).
+MIN_SIZE = 16
 
 
 def int_in_range(name: str, value, low: int, high: int | None = None) -> int:
@@ -59,6 +64,63 @@ def input_file(name: str, path) -> Path:
     if not path.is_file():
         raise InputError(f"{name} {path} is not a regular file")
     return path
+
+
+def input_folder(name: str, path) -> Path:
+    """An existing folder."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{name} {path} does not exist")
+    if not path.is_dir():
+        raise InputError(f"{name} {path} is not a folder")
+    return path
+
+
+def input_file_or_folder(name: str, path) -> Path:
+    """An existing regular file or folder (not a FIFO or device)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{name} {path} does not exist")
+    if not (path.is_file() or path.is_dir()):
+        raise InputError(f"{name} {path} is neither a regular file nor a folder")
+    return path
+
+
+def sampling_options(args, *, seed_count: int = 1) -> None:
+    """The sampling options of ``generate``, ``edit`` and ``evaluate --protocol``, where ``args``
+    has them (attributes ``steps``, ``size``, ``guidance``, ``mask_guidance``, ``prompt``,
+    ``device``, ``seed``; None: the model's default): steps and size within the pipeline's bounds,
+    finite guidance, a UTF-8 prompt of bounded length, a device this torch can use, and seeds
+    ``seed .. seed + seed_count - 1`` within torch's range."""
+    from facemogle.masks import MAX_GENERATION_SIDE
+    from facemogle.pipeline import MAX_STEPS, check_prompt
+
+    if getattr(args, "steps", None) is not None:
+        int_in_range("--steps", args.steps, 1, MAX_STEPS)
+    if getattr(args, "size", None) is not None:
+        int_in_range("--size", args.size, MIN_SIZE, MAX_GENERATION_SIDE)
+    for option in ("guidance", "mask_guidance"):
+        if getattr(args, option, None) is not None:
+            finite(f"--{option.replace('_', '-')}", getattr(args, option))
+    if getattr(args, "prompt", None) is not None:
+        check_prompt(args.prompt)
+    if getattr(args, "device", None):
+        from facemogle.specs import check_device
+
+        check_device(args.device)
+    if getattr(args, "seed", None) is not None:
+        seed("--seed", args.seed)
+        if args.seed + seed_count > SEED_LIMIT:
+            raise InputError(f"--seed {args.seed} + {seed_count} images runs past 2**64")
+
+
+def size_fits_model(size: int | None, model: str) -> None:
+    """``--size`` a multiple of what the model ``model`` needs, where its spec says so (before it loads)."""
+    from facemogle.specs import get_spec
+
+    multiple = get_spec(model).size_multiple
+    if size is not None and multiple is not None and size % multiple:
+        raise InputError(f"--size must be a multiple of {multiple} for --model {model}, got {size}")
 
 
 def output_file(name: str, path, suffixes: Sequence[str] | None = None, *, allow_symlink: bool = False,

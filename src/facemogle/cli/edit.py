@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from facemogle.cli.model_options import add_model_arguments, resolve_model
-from facemogle.errors import InputError
-from facemogle.files import atomic_write
+from facemogle.files import AllOrNothing
 from facemogle.labels import class_ids
 
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+#: Largest --grow (photo pixels).
+MAX_GROW = 1024
 
 
 def add_parser(subparsers) -> None:
@@ -47,28 +47,22 @@ def add_parser(subparsers) -> None:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Every argument and file, before any model is loaded."""
-    for name, path in (("photo", args.photo), ("--mask", args.mask), ("--source-mask", args.source_mask)):
-        if path is not None and not path.is_file():
-            raise InputError(f"{name} {path} does not exist or is not a file")
-    if args.output.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise InputError(f"-o {args.output} must end in {', '.join(OUTPUT_SUFFIXES)}")
-    if args.show_region is not None and args.show_region.suffix.lower() != ".png":
-        raise InputError(f"--show-region {args.show_region} must end in .png")
-    for path in (args.output, args.show_region):
-        if path is not None and (path.is_dir() or not path.parent.is_dir()):
-            raise InputError(f"cannot write {path}: its folder does not exist or it is a folder")
-    if not (math.isfinite(args.strength) and 0 <= args.strength <= 1):
-        raise InputError(f"--strength must be in [0, 1], got {args.strength}")
-    if args.grow is not None and args.grow < 0:
-        raise InputError(f"--grow must be >= 0 pixels, got {args.grow}")
-    class_ids(args.regions)
-    from facemogle.pipeline import check_prompt
-    from facemogle.specs import check_device
+    """Every argument and file, before any model is loaded (facemogle.cli.checks)."""
+    from facemogle.cli import checks
 
-    check_prompt(args.prompt)
-    if args.device:
-        check_device(args.device)
+    checks.input_file("photo", args.photo)
+    checks.input_file("--mask", args.mask)
+    if args.source_mask is not None:
+        checks.input_file("--source-mask", args.source_mask)
+    outputs = [checks.output_file("-o", args.output, OUTPUT_SUFFIXES)]
+    if args.show_region is not None:
+        outputs.append(checks.output_file("--show-region", args.show_region, (".png",)))
+    checks.output_files("-o/--show-region", outputs)
+    checks.finite("--strength", args.strength, 0.0, 1.0)
+    if args.grow is not None:
+        checks.int_in_range("--grow", args.grow, 0, MAX_GROW)
+    class_ids(args.regions)
+    checks.sampling_options(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,10 +85,11 @@ def run(args: argparse.Namespace) -> int:
                     strength=args.strength, seed=args.seed, size=args.size, **grow,
                     num_inference_steps=args.steps, guidance_scale=args.guidance,
                     mask_guidance_scale=args.mask_guidance, watermark=not args.no_watermark)
+    with AllOrNothing() as files:  # the photo and the region, both or neither
+        save_image(out.images[0], files.partial(args.output))
+        if args.show_region is not None:
+            Image.fromarray(out.region.astype("uint8") * 255).save(files.partial(args.show_region), format="PNG")
     if args.show_region is not None:
-        region = Image.fromarray(out.region.astype("uint8") * 255)
-        atomic_write(args.show_region, lambda tmp: region.save(tmp, format="PNG"))
         print(args.show_region)
-    save_image(out.images[0], args.output)
     print(args.output)
     return 0

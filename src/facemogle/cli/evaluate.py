@@ -45,10 +45,14 @@ from facemogle.eval.paper_protocol import (
     PROTOCOLS,
 )
 from facemogle.eval.protocol import DINO_INPUT_MODES, KID_MAX_SUBSET_SIZE, KID_NUM_SUBSETS, METRICS
-from facemogle.files import atomic_write_text
+from facemogle.files import AllOrNothing
 
 #: Metric batch size (both modes) and metrics of ``--protocol`` when none are given.
 DEFAULT_METRIC_BATCH_SIZE = 32
+#: Upper bounds of the numeric options (memory and time stay bounded whatever is asked).
+MAX_BATCH_SIZE = 256
+MAX_KID_SUBSETS = 10_000
+MAX_KID_SUBSET_SIZE = 100_000
 DEFAULT_METRICS = "fid,kid"
 DEFAULT_PROTOCOL_METRICS = "fid,kid,cmmd,dino,text"
 #: Options of the folder evaluation only, and of ``--protocol`` only (all default to None).
@@ -177,16 +181,47 @@ def _evaluation_settings(args: argparse.Namespace, metrics: str, seed: int):
 
 
 def _write(report: dict, table: str, output: Path, table_path: Path | None) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output, json.dumps(report, indent=2) + "\n")
-    if table_path is not None:
-        table_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(table_path, table)
+    """The JSON report and the table, both or neither."""
+    with AllOrNothing() as files:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        files.partial(output).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        if table_path is not None:
+            table_path.parent.mkdir(parents=True, exist_ok=True)
+            files.partial(table_path).write_text(table, encoding="utf-8")
     print(table, end="")
     print(f"wrote {output}" + (f" and {table_path}" if table_path is not None else ""))
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """The numbers, folders and output paths of both forms, before any model or image is loaded."""
+    from facemogle.cli import checks
+
+    if args.batch_size is not None:
+        checks.int_in_range("--batch-size", args.batch_size, 1, MAX_BATCH_SIZE)
+    checks.int_in_range("--kid-subsets", args.kid_subsets, 1, MAX_KID_SUBSETS)
+    checks.int_in_range("--kid-subset-size", args.kid_subset_size, 2, MAX_KID_SUBSET_SIZE)
+    if args.limit is not None:
+        checks.int_in_range("--limit", args.limit, 1)
+    checks.sampling_options(args, seed_count=1)
+    for name in ("generated", "real", "masks", "data_dir"):
+        if getattr(args, name) is not None:
+            checks.input_folder("DATA_DIR" if name == "data_dir" else f"--{name}", getattr(args, name))
+    if args.prompts is not None:
+        checks.input_file_or_folder("--prompts", args.prompts)
+    for name in ("cache_dir", "work_dir"):
+        folder = getattr(args, name)
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise InputError(f"--{name.replace('_', '-')} {folder} is not a folder")
+    outputs = []
+    if args.output is not None:
+        outputs.append(checks.output_file("-o", args.output, (".json",), make_folder=True))
+    if args.table is not None:
+        outputs.append(checks.output_file("--table", args.table, (".md",), make_folder=True))
+    checks.output_files("-o/--table", outputs, make_folder=True)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     if args.protocol is not None:
         return run_protocol(args)
     if args.generated is None:
@@ -209,6 +244,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_protocol(args: argparse.Namespace) -> int:
     """``--protocol NAME DATA_DIR``: generate the protocol's images, then evaluate them."""
+    from facemogle.cli import checks
     from facemogle.eval import paper_protocol
     from facemogle.specs import check_device
 
@@ -218,6 +254,7 @@ def run_protocol(args: argparse.Namespace) -> int:
     if args.data_dir is None or args.work_dir is None:
         raise InputError(f"--protocol {args.protocol} needs DATA_DIR and --work-dir DIR")
     model, model_options = resolve_model(args)
+    checks.size_fits_model(args.size, model)
     output = args.output or args.work_dir / paper_protocol.REPORT_NAME
     table_path = args.table or args.work_dir / paper_protocol.TABLE_NAME
     if output.suffix.lower() != ".json":

@@ -85,33 +85,21 @@ def check_arguments(args: argparse.Namespace) -> None:
     """The numbers and the output path, before any model is loaded (the model checks the size's
     multiple and the prompt again)."""
     from facemogle.cli import checks
-    from facemogle.masks import MAX_GENERATION_SIDE
-    from facemogle.pipeline import MAX_STEPS, check_prompt
-    from facemogle.specs import check_device
 
     checks.int_in_range("--num-images", args.num_images, 1, MAX_IMAGES)
-    if args.steps is not None:
-        checks.int_in_range("--steps", args.steps, 1, MAX_STEPS)
-    if args.size is not None:
-        checks.int_in_range("--size", args.size, 16, MAX_GENERATION_SIDE)
-    for name in ("guidance", "mask_guidance"):
-        value = getattr(args, name)
-        if value is not None:
-            checks.finite(f"--{name.replace('_', '-')}", value)
-    check_prompt(args.prompt)
-    if args.device:
-        check_device(args.device)
-    checks.seed("--seed", args.seed)
-    if args.seed + args.num_images > checks.SEED_LIMIT:
-        raise InputError(f"--seed {args.seed} + --num-images {args.num_images} runs past 2**64")
-    if args.mask is not None:
-        checks.input_file("--mask", args.mask)
+    checks.sampling_options(args, seed_count=args.num_images)
     checks.output_file("-o", args.output, make_folder=True)
     image_paths, grid_path = output_paths(args.output, args.num_images)
     checks.output_files("-o", image_paths + ([grid_path] if grid_path else []), make_folder=True)
+    if args.mask is not None:  # decoded and checked (format, colours, ids) before the model loads
+        from facemogle.masks import load_mask
+
+        checks.input_file("--mask", args.mask)
+        load_mask(args.mask, order=args.mask_order)
 
 
 def run(args: argparse.Namespace) -> int:
+    from facemogle.cli import checks
     from facemogle.provenance import mark_image
     from facemogle.specs import available_specs, load_pipeline
 
@@ -121,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     check_arguments(args)
     model, options = resolve_model(args)
+    checks.size_fits_model(args.size, model)
     image_paths, grid_path = output_paths(args.output, args.num_images)
 
     if args.device:

@@ -72,9 +72,12 @@ def _add_common_arguments(parser: argparse.ArgumentParser, *, output_help: str) 
 
 
 def run(args: argparse.Namespace) -> int:
+    from facemogle.cli import checks
+
+    checks.input_file("MASK", args.mask)
+    checks.output_file("-o", args.output, (".png",), make_folder=True)
+    checks.finite("--max-color-distance", args.max_color_distance, 0.0, 255.0)
     ids = load_mask(args.mask, order=args.from_order, max_color_distance=args.max_color_distance)
-    if args.output.suffix.lower() != ".png":
-        raise InputError(f"output is written as PNG; give an output path ending in .png, not {args.output.name!r}")
     try:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         if args.mask_command == "show":
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             atomic_write(args.output, lambda tmp: legend.save(tmp, format="PNG"))
         else:
             save_mask(ids, args.output, to=args.to)
-    except OSError as err:  # e.g. a path component is a file, a read-only folder, a full disk
+    except OSError as err:  # e.g. a read-only folder, a full disk
         raise InputError(f"cannot write {args.output}: {err.strerror or err}") from err
     print(f"wrote {args.output}" + (f" ({args.to})" if args.mask_command == "convert" else ""))
     return 0

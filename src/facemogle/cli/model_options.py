@@ -26,17 +26,29 @@ def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGrou
 def resolve_model(args: argparse.Namespace) -> tuple[str, dict]:
     """(spec name, ``load_pipeline`` keywords) for the parsed model options; clear errors for
     options that do not fit the chosen spec."""
-    from facemogle.specs import DEFAULT_MODEL, checkpoint_spec
+    from facemogle.cli import checks
+    from facemogle.specs import DEFAULT_MODEL, checkpoint_spec, get_spec
 
     options = {name: getattr(args, name) for name in FLUX_OPTIONS if getattr(args, name, None)}
+
+    def check_files() -> None:  # weight files: regular files (--base may be a hub id)
+        for name in ("lora", "mogle"):
+            if name in options:
+                checks.input_file(f"--{name}", options[name])
+
+    if args.checkpoint:
+        checks.input_folder("--checkpoint", args.checkpoint)
     if args.checkpoint and args.model is None:
         model, checkpoint_options = checkpoint_spec(args.checkpoint)
         if model == "saved":
             if len(options) > 1:
                 raise InputError("--base/--lora/--mogle do not apply to a checkpoint that holds a whole pipeline")
             options = checkpoint_options
+        check_files()
         return model, options
     model = args.model or DEFAULT_MODEL
+    get_spec(model)  # an unknown name, before anything loads
     if options and model != "flux-dev":
         raise InputError(f"--{'/--'.join(options)} only apply to --model flux-dev, not {model}")
+    check_files()
     return model, options

@@ -63,6 +63,10 @@ class ConfigError(InputError):
     """The training config is unreadable or invalid; the message lists every problem found."""
 
 
+#: Largest seed a config may give: numpy's generators (seeded with it by accelerate) take 32 bits.
+SEED_MAX = 2**32 - 1
+
+
 def _opt(default: Any = dataclasses.MISSING, *, choices=None, ge=None, gt=None, le=None, lt=None,
          exists: str | None = None, doc: str = "") -> Any:
     """A config option: default, allowed values / range, and for paths ``exists="dir"|"file"``."""
@@ -178,7 +182,7 @@ class SampleSection:
     count: int = _opt(4, ge=1)
     steps: int = _opt(28, ge=1)
     guidance: float = _opt(3.5, ge=0.0)
-    seed: int = _opt(42)
+    seed: int = _opt(42, ge=0, le=SEED_MAX)
 
 
 @dataclass(kw_only=True)
@@ -199,7 +203,7 @@ class TrainingConfig:
     output_dir: str = _opt(doc="checkpoints, logs, samples")
     mode: str = _opt("adapter", choices=MODES)
     stage: str = _opt("diffusion", choices=STAGES)
-    seed: int = _opt(0)
+    seed: int = _opt(0, ge=0, le=SEED_MAX, doc="seeds torch, numpy and Python (numpy takes at most 2**32 - 1)")
     model: ModelSection = _opt(ModelSection())
     data: DataSection = _opt(dataclasses.MISSING)
     cache: CacheSection = _opt(CacheSection())
