@@ -7,12 +7,13 @@ import pickle
 import pytest
 import torch
 from safetensors.torch import load_file
+from tolerances import GOLDEN_MOGLE_ATOL
 
 from facemogle.errors import CheckpointError, InputError
 from facemogle.labels import NUM_CONDITIONS
 from facemogle.mogle import MoGLE
 
-ATOL = 1e-5  # GOLDEN.md: MoGLE outputs, float32 CPU
+ATOL = GOLDEN_MOGLE_ATOL  # GOLDEN.md: MoGLE outputs, float32 CPU (tests/tolerances.py)
 # Official variant name -> (file in ../shared/golden, config the keys cannot tell).
 VARIANT_FILES = {
     "default": ("global_local_mask_moe.pt", {}),

@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from tolerances import ROUNDOFF
 
 from facemogle.condition import LORA_WEIGHT_NAME
 from facemogle.errors import CheckpointError
@@ -175,7 +176,12 @@ def test_loss_decreases_on_real_faces_and_scratch_checkpoints_load(mini_dataset_
     loaded = ckpt.load_checkpoint_pipeline(result.final_checkpoint)
     call = dict(mask=np.zeros((RESOLUTION, RESOLUTION), dtype=np.uint8), prompt="", height=RESOLUTION,
                 width=RESOLUTION, num_inference_steps=2, seed=0, output_type="latent")
-    torch.testing.assert_close(loaded(**call).images, trainer.pipe(**call).images, atol=0, rtol=0)
+    expected = trainer.pipe(**call).images
+    torch.testing.assert_close(loaded(**call).images, expected, **ROUNDOFF)  # separate instances
+    from facemogle.train.setup import build_pipeline
+
+    initial = build_pipeline(config_from_dict(config))  # the weights the run started from
+    assert (initial(**call).images - expected).abs().max() > 1e-2  # so the comparison can tell
 
 
 def test_cached_and_uncached_training_compute_the_same_loss():
@@ -263,11 +269,20 @@ def test_training_starts_from_the_given_official_files(synthetic_data, tmp_path)
 
 
 def test_bf16_mixed_precision_without_cache(synthetic_data, tmp_path):
+    from accelerate.state import AcceleratorState, GradientState
+
     config = tiny_config(synthetic_data, tmp_path / "bf16", cache={"enabled": False},
                          train={"mixed_precision": "bf16", "max_steps": 2})
     trainer = Trainer(config_from_dict(config), progress=False)
     result = trainer.run()
     assert len(result.losses) == 2 and all(np.isfinite(result.losses))
+    full = {**config, "output_dir": str(tmp_path / "fp32"), "train": {**config["train"], "mixed_precision": "no"}}
+    AcceleratorState._reset_state(reset_partial_state=True)  # another Accelerator in this process
+    GradientState._reset_state()
+    reference = Trainer(config_from_dict(full), progress=False).run().losses
+    # the same samples, noise and t: bf16 rounding only (observed 1.3e-4 and 5.6e-4 relative; a zero
+    # prediction would give 0.88 instead of 1.25)
+    np.testing.assert_allclose(result.losses, reference, rtol=5e-3)
     transformer = trainer.pipe.transformer
     assert transformer.x_embedder.base_layer.weight.dtype == torch.bfloat16  # frozen base in bf16
     assert all(p.dtype == torch.float32 for p in trainer.trainable)  # trained weights in fp32
@@ -362,3 +377,98 @@ def test_infinite_numbers_in_a_config_are_refused(synthetic_data, tmp_path):
         config = tiny_config(synthetic_data, tmp_path / "inf", **{section: values})
         with pytest.raises(InputError, match=rf"{name}: must be a finite number"):
             config_from_dict(config)
+
+
+# ----------------------------------------------------------------------------------- one step by hand
+
+CLIP_NORM = 1e-4  # far below the gradient norm of the tiny model (observed 4.9e-3): the clipping bites
+
+
+def _hand_step_setup(synthetic_data, output_dir, **train):
+    """A Trainer set up for one AdamW step with lora_B made non-zero (so lora_A gets a gradient too),
+    and a recorder that computes, before the trainer's own step, the gradient of the same batch by
+    hand: x_t = (1 - t) x_0 + t noise, target = noise - x_0, loss = mean (pred - target)^2."""
+    config = tiny_config(synthetic_data, output_dir, train={
+        "batch_size": 2, "max_steps": 1, "mixed_precision": "no", "max_grad_norm": CLIP_NORM,
+        "optimizer": {"name": "adamw", "lr": 1e-2, "eps": 1e-6, "weight_decay": 0.01}, **train},
+        checkpoint={"every": 1})
+    trainer = Trainer(config_from_dict(config), progress=False)
+    trainer.setup()
+    generator = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for name, parameter in trainer.pipe.transformer.named_parameters():
+            if ".lora_B." in name and parameter.requires_grad:
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator).to(parameter.device))
+    seen = {}
+    real_micro_step = trainer._micro_step
+
+    def recording_micro_step(batch):
+        params = trainer.trainable
+        seen["before"] = [p.detach().clone() for p in params]
+        t = batch["timestep"].view(-1, 1, 1)
+        x0, noise = batch["image_tokens"], batch["noise"]
+        x_t, target = (1 - t) * x0 + t * noise, noise - x0
+        txt_ids = torch.zeros(batch["prompt_embeds"].shape[1], 3, device=x0.device)
+        pred = trainer.model(x_t, batch["timestep"], batch["condition_tokens"],
+                             batch["prompt_embeds"].to(trainer.weight_dtype),
+                             batch["pooled_prompt_embeds"].to(trainer.weight_dtype), trainer.img_ids, txt_ids)
+        loss = (pred.float() - target.float()).square().mean()
+        scale = trainer.accelerator.scaler.get_scale() if trainer.accelerator.scaler is not None else 1.0
+        seen["scale"] = scale
+        seen["grads"] = [g.float() / scale for g in torch.autograd.grad(loss * scale, params)]
+        seen["loss"] = loss.item()
+        return real_micro_step(batch)
+
+    trainer._micro_step = recording_micro_step
+    return trainer, seen
+
+
+def _clipped_adamw_first_step(before, grads, config):
+    """``clip_grad_norm_`` (coefficient max_norm / (total_norm + 1e-6), at most 1) and AdamW's first
+    step (bias-corrected m = g, v = g^2): p (1 - lr wd) - lr g / (|g| + eps)."""
+    settings = config.train.optimizer
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    coefficient = min(1.0, config.train.max_grad_norm / (total.item() + 1e-6)) if config.train.max_grad_norm else 1.0
+    expected = [p * (1 - settings.lr * settings.weight_decay) - settings.lr * (g * coefficient) /
+                ((g * coefficient).abs() + settings.eps) for p, g in zip(before, grads)]
+    return total.item(), expected
+
+
+def test_one_clipped_adamw_step_matches_the_step_by_hand(synthetic_data, tmp_path):
+    trainer, seen = _hand_step_setup(synthetic_data, tmp_path / "clip")
+    result = trainer.run()
+    norm, expected = _clipped_adamw_first_step(seen["before"], seen["grads"], trainer.config)
+    assert norm > 10 * CLIP_NORM  # the clipping bites
+    _, unclipped = _clipped_adamw_first_step(seen["before"], seen["grads"],
+                                             config_from_dict({**trainer.config.to_dict(), "train": {
+                                                 **trainer.config.to_dict()["train"], "max_grad_norm": None}}))
+    assert max((a - b).abs().max().item() for a, b in zip(expected, unclipped)) > 1e-3  # so the test can tell
+    assert result.losses[0] == pytest.approx(seen["loss"], rel=1e-6)
+    for parameter, want, before in zip(trainer.trainable, expected, seen["before"]):
+        assert not torch.equal(parameter.detach(), before)
+        torch.testing.assert_close(parameter.detach(), want, atol=1e-7, rtol=1e-6)
+    with open(tmp_path / "clip" / "logs" / LOG_NAME, newline="") as handle:
+        logged = float(next(csv.DictReader(handle))["grad_norm"])
+    assert logged == pytest.approx(norm, rel=1e-5, abs=1e-6)  # the norm before clipping
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=(
+    "fp16 loss scaling needs CUDA: the trainer's fp16 mode (accelerate's GradScaler) is refused without a CUDA "
+    "device (config: 'train.mixed_precision: fp16 needs a CUDA device')"))
+def test_one_fp16_scaled_step_matches_the_step_by_hand(synthetic_data, tmp_path):
+    """fp16: the loss is multiplied by the scaler's scale, the gradients are unscaled before the
+    clipping, and the step is the float32 clipped AdamW step of the unscaled gradients."""
+    trainer, seen = _hand_step_setup(synthetic_data, tmp_path / "fp16", mixed_precision="fp16")
+    scaler = trainer.accelerator.scaler
+    assert scaler is not None and scaler.get_scale() > 1
+    result = trainer.run()
+    assert not trainer.accelerator.optimizer_step_was_skipped
+    norm, expected = _clipped_adamw_first_step(seen["before"], seen["grads"], trainer.config)
+    assert norm > 10 * CLIP_NORM and seen["scale"] > 1
+    assert result.losses[0] == pytest.approx(seen["loss"], rel=1e-3)
+    for parameter, want in zip(trainer.trainable, expected):
+        # the hand gradient comes from the same fp16 forward; the allowance covers CUDA's reduction order
+        # (a step without the clipping would be 7e-3 away)
+        torch.testing.assert_close(parameter.detach(), want, atol=1e-4, rtol=1e-3)
+    assert scaler.get_scale() == seen["scale"]  # a finite step keeps the scale (growth after 2000 steps)
+    assert (tmp_path / "fp16" / "checkpoints" / "step-00000001" / ckpt.SCALER_NAME).is_file()
