@@ -4,8 +4,10 @@ per-image seeds, and one-line errors."""
 from __future__ import annotations
 
 import json
+import weakref
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from facemogle.cli import main
@@ -104,3 +106,48 @@ def test_caption_command_bounds_the_sentences(tmp_path, capsys):
 
     assert main(["caption", str(tmp_path), "--sentences", "1000000000"]) == 2
     assert "--sentences must be in 1..100" in capsys.readouterr().err
+
+
+class _TrackedIds(np.ndarray):
+    """A class-id array that can be watched with a weak reference (plain ndarrays cannot)."""
+
+
+def test_caption_folder_decodes_one_pair_at_a_time(tmp_path, monkeypatch):
+    """A big folder streams: each photo and mask is decoded, described and dropped before the next is read,
+    so the number of decoded images alive at once does not grow with the folder."""
+    import facemogle.data.captions.folder as folder_module
+    import facemogle.masks
+
+    count = 5
+    for index in range(count):
+        write_pair(tmp_path, f"{index:02d}", hair_rgb=list(HAIR_RGB.values())[index % len(HAIR_RGB)])
+    events: list[str] = []
+    alive = {"photo": 0, "mask": 0}
+    most = {"photo": 0, "mask": 0}
+
+    def tracked(kind, value):
+        def gone():
+            alive[kind] -= 1
+
+        weakref.finalize(value, gone)
+        alive[kind] += 1
+        most[kind] = max(most[kind], alive[kind])
+        events.append(kind)
+        return value
+
+    real_read, real_load, real_describe = folder_module.read_image, facemogle.masks.load_mask, folder_module.describe
+    monkeypatch.setattr(folder_module, "read_image", lambda path: tracked("photo", real_read(path)))
+    monkeypatch.setattr(facemogle.masks, "load_mask",
+                        lambda path, **kw: tracked("mask", real_load(path, **kw).view(_TrackedIds)))
+
+    def describe(photo, ids):
+        events.append("describe")
+        return real_describe(photo, ids)
+
+    monkeypatch.setattr(folder_module, "describe", describe)
+    captions = caption_folder(tmp_path, sentences=2, progress=False)
+
+    assert len(captions) == count
+    assert events == ["mask", "photo", "describe"] * count  # read lazily, pair by pair
+    assert max(most.values()) <= 2 < count  # the pair being read, and at most the previous one
+    assert alive == {"photo": 0, "mask": 0}

@@ -279,6 +279,12 @@ def test_dino_imagenet_mode_uses_the_model_resolution(tiny_dino_dir, make_image)
         reference.keys([make_image(12, size=24), make_image(13, size=40)])
     with pytest.raises(InputError, match="input mode"):
         DinoKeys(imagenet.model, imagenet.preprocessor, input_mode="raw")
+    # reference mode feeds images at their own size: one smaller than a patch is a clear error, not a
+    # convolution traceback; imagenet mode resizes it
+    assert reference.patch_size == TINY_DINO_PATCH
+    with pytest.raises(InputError, match=f"at least {TINY_DINO_PATCH}x{TINY_DINO_PATCH} pixels"):
+        reference.keys([make_image(14, size=TINY_DINO_PATCH - 1)])
+    assert imagenet.keys([make_image(14, size=TINY_DINO_PATCH - 1)]).shape[0] == 1
 
 
 # --------------------------------------------------------------------------------------------

@@ -73,5 +73,42 @@ def test_load_rgb_converts_and_refuses_non_images(tmp_path, make_image):
     assert load_rgb(path).mode == "RGB"
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
-    with pytest.raises(InputError, match="not a readable image"):
+    with pytest.raises(InputError, match="broken.png is not an image file that can be read"):
         load_rgb(broken)
+
+
+def test_load_rgb_refuses_truncated_and_oversized_images_in_one_line(tmp_path, make_image):
+    """The checks of every image reader (facemogle.images): a PNG that ends early, and a header that
+    declares more pixels than Pillow's bomb limit, are one-line InputErrors (not zero-filled pixels
+    or a PIL DecompressionBombError traceback)."""
+    import struct
+    import zlib
+
+    good = tmp_path / "good.png"
+    make_image(1, size=32).save(good)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    with pytest.raises(InputError, match="truncated.png"):
+        load_rgb(truncated)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    bomb = tmp_path / "bomb.png"  # 20000 x 20000 declared, a few bytes of data
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+                     + chunk(b"IEND", b""))
+    with pytest.raises(InputError, match="bomb.png declares an image too large"):
+        load_rgb(bomb)
+
+
+def test_prompt_files_that_are_not_text_are_one_line_errors(tmp_path):
+    folder = tmp_path / "text"
+    folder.mkdir()
+    (folder / "1.txt").write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(InputError, match="1.txt is not UTF-8 text"):
+        load_prompts(folder, ["1"])
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000)
+    with pytest.raises(InputError, match="nests its JSON too deeply"):
+        load_prompts(deep, ["1"])

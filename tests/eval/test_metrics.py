@@ -184,6 +184,34 @@ def test_cmmd_of_identical_sets_is_exactly_zero_and_positive_otherwise():
     assert cmmd(a, b) < CMMD_SCALE * 2 * (1 - math.exp(-4 / (2 * CMMD_SIGMA**2)))
 
 
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_cmmd_sums_its_kernels_in_bounded_tiles_with_the_same_result(unbiased, monkeypatch):
+    """The (N, M) kernel matrices are never formed: every rbf_kernel call is one tile of at most
+    KERNEL_BLOCK_SIZE x KERNEL_BLOCK_SIZE, and the tiles add up to the untiled number."""
+    import facemogle.eval.metrics as metrics_module
+
+    block = 4
+    a = gaussian_features(24, 3 * block + 1, 5, scale=6.0)
+    b = gaussian_features(25, 3 * block + 3, 5, scale=6.0, shift=3.0)
+    untiled = cmmd(a, b, unbiased=unbiased)  # 13 and 15 rows: one tile of the default size
+    assert untiled == pytest.approx(CMMD_SCALE * loop_rbf_mmd2(a, b, CMMD_SIGMA, unbiased=unbiased), rel=1e-9)
+
+    shapes = []
+    real_rbf_kernel = metrics_module.rbf_kernel
+
+    def spy(x, y, sigma=CMMD_SIGMA):
+        shapes.append((len(x), len(y)))
+        return real_rbf_kernel(x, y, sigma)
+
+    monkeypatch.setattr(metrics_module, "KERNEL_BLOCK_SIZE", block)
+    monkeypatch.setattr(metrics_module, "rbf_kernel", spy)
+    assert cmmd(a, b, unbiased=unbiased) == pytest.approx(untiled, rel=1e-12)
+    assert shapes and max(max(shape) for shape in shapes) <= block
+    assert len(shapes) == 4 * 4 + 4 * 4 + 4 * 4  # a-a, b-b (4 row/column blocks each), a-b
+    if not unbiased:
+        assert cmmd(a, a.copy()) == 0.0  # identical sets stay exactly 0 when tiled
+
+
 # --------------------------------------------------------------------------------------------
 # CLIP text score
 # --------------------------------------------------------------------------------------------

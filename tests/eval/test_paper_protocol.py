@@ -258,6 +258,20 @@ def test_a_work_dir_of_other_settings_or_images_is_refused(dataset, tmp_path):
         prepare_mode_folder(tmp_path, manifest, TEST_IDS)
 
 
+def test_a_manifest_without_images_does_not_lock_the_work_dir(dataset, tmp_path):
+    """A run that failed before its first image (e.g. a size the model refuses) left only its manifest:
+    a run with other settings takes the folder over instead of asking for another --work-dir."""
+    protocol, mode = paper_protocol.PROTOCOLS["mmcelebahq"], paper_protocol.MODES["mask+text"]
+    failed = generation_manifest(protocol, mode, dataset, GenerationSettings(model="tiny-random", steps=1, size=17))
+    prepare_mode_folder(tmp_path, failed, TEST_IDS)
+    fixed = generation_manifest(protocol, mode, dataset, GenerationSettings(model="tiny-random", steps=1, size=SIZE))
+    prepare_mode_folder(tmp_path, fixed, TEST_IDS)
+    assert json.loads((tmp_path / MANIFEST_NAME).read_text())["size"] == SIZE
+    (tmp_path / GENERATED_FOLDER / f"{TEST_IDS[0]}.png").write_bytes(b"")  # once an image exists, it is locked
+    with pytest.raises(InputError, match=f"size: {SIZE} then, 17 now"):
+        prepare_mode_folder(tmp_path, failed, TEST_IDS)
+
+
 def test_zero_shot_protocol_uses_every_image_and_a_seeded_sentence(dataset):
     images = select_images("mmffhq", dataset, seed=PAPER_SEED)
     assert [image.stem for image in images] == ["5", "26999", "27000", "27003", "29999", "30001"]
@@ -288,6 +302,8 @@ def _error_cases(dataset: Path, tmp_path: Path) -> dict[str, tuple[list[str], st
                        "1 of 1 images of"),
         "not the layout": (protocol_arguments(tmp_path / "missing", work), "does not exist"),
         "bad limit": (protocol_arguments(dataset, work, "--limit", "0"), "limit must be >= 1"),
+        "too few for fid": (protocol_arguments(dataset, work, "--limit", "1", "--metrics", "fid", "--inception", "x"),
+                            "metric(s) fid need at least 2 images, got 1 (limit 1)"),
         "missing metric model": (protocol_arguments(dataset, work, "--metrics", "cmmd"), "give --clip-large"),
         "no work dir": (["evaluate", "--protocol", "mmcelebahq", str(dataset)], "needs DATA_DIR and --work-dir"),
         "generated and protocol": (protocol_arguments(dataset, work, "--generated", str(tmp_path)),
@@ -301,7 +317,7 @@ def _error_cases(dataset: Path, tmp_path: Path) -> dict[str, tuple[list[str], st
 
 
 @pytest.mark.parametrize("case", [
-    "no test ids", "no caption", "not the layout", "bad limit", "missing metric model", "no work dir",
+    "no test ids", "no caption", "not the layout", "bad limit", "too few for fid", "missing metric model", "no work dir",
     "generated and protocol", "flux options", "protocol options alone", "nothing to evaluate",
 ])
 def test_protocol_errors_are_one_line_messages_before_any_generation(case, dataset, spy, tmp_path, capsys):

@@ -55,7 +55,8 @@ from facemogle.eval.protocol import (
 
 _NEEDS_REAL = ("fid", "kid", "cmmd", "dino")
 _NEEDS_PROMPTS = ("text", "ir")
-_NEEDS_TWO_IMAGES = ("fid", "kid", "cmmd")
+#: Metrics comparing two image sets' statistics (at least 2 images each).
+NEEDS_TWO_IMAGES = ("fid", "kid", "cmmd")
 #: Which ``EvaluationSettings`` field (and CLI flag) each metric needs, and what it is.
 _EXTRACTOR_OF_METRIC: dict[str, tuple[str, str, str]] = {
     "fid": ("inception", "--inception", "the FID Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth)"),
@@ -161,7 +162,7 @@ class _Evaluation:
         self.prompts = (
             load_prompts(settings.prompts, self.stems) if any(m in _NEEDS_PROMPTS for m in metrics) else None
         )
-        too_few = [m for m in metrics if m in _NEEDS_TWO_IMAGES]
+        too_few = [m for m in metrics if m in NEEDS_TWO_IMAGES]
         if too_few and len(self.stems) < 2:
             raise InputError(f"metric(s) {', '.join(too_few)} need at least 2 images, got {len(self.stems)}")
         self.results: dict = {}
@@ -182,13 +183,16 @@ class _Evaluation:
         self, paths: list[Path], encode: Callable[[list[Image.Image]], torch.Tensor], *, kind: str,
         identity: str, description: str,
     ) -> torch.Tensor:
-        """``(N, D)`` features of ``paths`` in batches, cached beside the images."""
+        """``(N, D)`` features of ``paths`` in batches, cached beside the images.
+
+        Only one batch of ``settings.batch_size`` images is decoded at a time (the list is dropped
+        as soon as ``encode`` returns); what is kept is the ``(b, D)`` features of each batch.
+        """
 
         def compute() -> dict[str, torch.Tensor]:
             chunks = []
             for start in self._batches(len(paths), description):
-                images = [load_rgb(path) for path in paths[start : start + self.settings.batch_size]]
-                chunks.append(encode(images))
+                chunks.append(encode([load_rgb(path) for path in paths[start : start + self.settings.batch_size]]))
             return {"features": torch.cat(chunks)}
 
         cache = self._cache(paths[0].parent)
@@ -269,6 +273,14 @@ class _Evaluation:
     @staticmethod
     def _dino_batch(dino: DinoKeys, generated_paths: list[Path], real_paths: list[Path]) -> np.ndarray:
         generated = [load_rgb(path) for path in generated_paths]
+        if dino.input_mode == "reference":  # images go in at their own size: at least one patch
+            for path, image in zip(generated_paths, generated):
+                if min(image.size) < dino.patch_size:
+                    raise InputError(
+                        f"{path} is {image.width}x{image.height} pixels, smaller than the DINO patch "
+                        f"({dino.patch_size}x{dino.patch_size}); the structure distance (--dino-input "
+                        "reference) needs larger images, or use --dino-input imagenet"
+                    )
         real = [load_rgb(path) for path in real_paths]
         if dino.input_mode == "reference":
             # Pairs are compared at the generated image's resolution (the reference needs equal sizes).
@@ -299,8 +311,8 @@ class _Evaluation:
         accumulator = SegmentationAccumulator()
         for start in self._batches(len(self.stems), "face parsing"):
             stop = start + self.settings.batch_size
-            images = [load_rgb(path) for path in self.generated_paths[start:stop]]
-            predicted = parser.parse(images)  # (b, H, W) uint8 official ids
+            # (b, H, W) uint8 official ids; the batch's images are dropped once parsed
+            predicted = parser.parse([load_rgb(path) for path in self.generated_paths[start:stop]])
             for ids, mask_path in zip(predicted, self.mask_paths[start:stop]):
                 reference = load_mask(mask_path)
                 ids = np.asarray(ids, dtype=np.uint8)

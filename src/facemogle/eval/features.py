@@ -335,6 +335,8 @@ class DinoKeys:
         self.input_mode = input_mode
         self.preprocessor = ImagePreprocessor.identity() if input_mode == "reference" else preprocessor
         self.key_projection = last_layer_key_projection(model)
+        #: Smallest image side the model takes ("reference" mode feeds images at their own size).
+        self.patch_size = int(getattr(getattr(model, "config", None), "patch_size", 1) or 1)
         self.identity = f"dino-keys|{source}|{fingerprint}|{input_mode}|{self.preprocessor.describe()}"
 
     @classmethod
@@ -379,6 +381,10 @@ class DinoKeys:
     def keys(self, images: list[Image.Image]) -> torch.Tensor:
         if self.input_mode == "reference" and len({image.size for image in images}) > 1:
             raise InputError("DINO keys in 'reference' mode need images of one size per batch")
+        if self.input_mode == "reference" and any(min(image.size) < self.patch_size for image in images):
+            small = next(image for image in images if min(image.size) < self.patch_size)
+            raise InputError(f"DINO keys in 'reference' mode need images of at least {self.patch_size}x"
+                             f"{self.patch_size} pixels (the patch size), got {small.width}x{small.height}")
         return self._keys_of_pixels(self.preprocessor(images)).float()
 
     @torch.no_grad()

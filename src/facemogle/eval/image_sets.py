@@ -21,10 +21,11 @@ import json
 import os
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from facemogle.errors import InputError
 from facemogle.files import IMAGE_EXTENSIONS, files_by_stem
+from facemogle.images import read_photo
 
 #: How many offending names an error message lists.
 _SHOWN_IN_ERRORS = 5
@@ -97,6 +98,8 @@ def _prompts_from_json(path: Path) -> dict[str, str]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"prompts file {path} is not JSON: {error}") from None
+    except RecursionError:
+        raise InputError(f"prompts file {path} nests its JSON too deeply to be a prompts file") from None
     if not isinstance(data, dict):
         raise InputError(
             f"prompts file {path} must hold a JSON object {{stem: prompt}} or "
@@ -123,19 +126,19 @@ def _prompts_from_text_folder(directory: Path, stems: list[str]) -> dict[str, st
     for stem in stems:
         path = directory / f"{stem}.txt"
         if path.is_file():
-            lines = path.read_text(encoding="utf-8").splitlines()
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError as error:
+                raise InputError(f"prompt file {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
             prompts[stem] = lines[0].strip() if lines else ""
     return prompts
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as RGB (decoded now, file closed).
+    """Open an image file as RGB (decoded now, file closed), with the checks of every image reader
+    (:func:`facemogle.images.read_photo`: regular file, pixel cap from the header, no truncation).
 
     Raises:
-        InputError: the file is not a readable image.
+        InputError: the file is not a readable image, is truncated, or is too large to decode.
     """
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise InputError(f"{path}: not a readable image ({error})") from None
+    return read_photo(path, what="photo")

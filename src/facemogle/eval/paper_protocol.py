@@ -259,13 +259,16 @@ def _existing_images(folder: Path) -> dict[str, Path]:
 def prepare_mode_folder(folder: Path, manifest: dict, stems: list[str]) -> None:
     """Create ``folder`` or check that it holds images of the same settings and selection.
 
+    A manifest of other settings with no image made yet (a run that failed before its first image)
+    is replaced: there is nothing for the new settings to disagree with.
+
     Raises:
-        InputError: the folder was made with other settings, holds images without a manifest, or
-            holds images outside ``stems`` (they would be evaluated too).
+        InputError: the folder holds images made with other settings, images without a manifest,
+            or images outside ``stems`` (they would be evaluated too).
     """
     manifest_path = folder / MANIFEST_NAME
     existing = _existing_images(folder / GENERATED_FOLDER)
-    if manifest_path.is_file():
+    if manifest_path.is_file() and existing:
         try:
             previous = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -380,7 +383,7 @@ def run_protocol(settings: ProtocolSettings, evaluation, *, parser=None) -> dict
         InputError: see :func:`select_images`, :func:`prepare_mode_folder` and ``evaluate``.
     """
     from facemogle.data.datasets import MM_CELEBA_HQ
-    from facemogle.eval.evaluate import check_settings, evaluate, parse_metrics
+    from facemogle.eval.evaluate import NEEDS_TWO_IMAGES, check_settings, evaluate, parse_metrics
     from facemogle.eval.report import render_markdown
 
     protocol = get_protocol(settings.protocol)
@@ -394,6 +397,10 @@ def run_protocol(settings: ProtocolSettings, evaluation, *, parser=None) -> dict
     needs_sentences = any(mode.uses_text for mode in modes) or any(m in ("text", "ir") for m in metrics)
     images = select_images(protocol, data_dir, seed=generation.seed, limit=settings.limit, need_sentences=needs_sentences)
     stems = [image.stem for image in images]
+    too_few = [m for m in metrics if m in NEEDS_TWO_IMAGES]
+    if too_few and len(images) < 2:  # evaluate() would say so too, but only after generating
+        raise InputError(f"metric(s) {', '.join(too_few)} need at least 2 images, got {len(images)}"
+                         + (f" (limit {settings.limit})" if settings.limit is not None else ""))
 
     plans = []
     for mode in modes:
