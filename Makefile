@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.facemogle-installed
 
-.PHONY: venv test demo parser clean tiny-model
+.PHONY: venv test demo app parser clean tiny-model
 
 venv: $(STAMP)
 
@@ -31,6 +31,12 @@ demo: venv
 	$(VENV)/bin/facemogle generate --mask $(DEMO_MASK) --prompt "$(DEMO_PROMPT)" --num-images 4 -o out/demo_face.png
 	$(VENV)/bin/facemogle mask show $(DEMO_MASK) -o out/demo_mask.png
 	@echo "wrote out/demo_face-0.png .. out/demo_face-3.png, out/demo_face-grid.png and out/demo_mask.png"
+
+# The web app on the bundled model (offline): paint a mask or start from a photo, generate. Ctrl-C stops it.
+# Other models: make app APP_ARGS="--model flux-dev --base ... --lora ... --mogle ..."
+APP_ARGS ?=
+app: venv
+	$(VENV)/bin/facemogle app $(APP_ARGS)
 
 # Reproduce the bundled CPU model (about 2 hours on 2 cores): captions, split, autoencoder, text
 # encoders, diffusion from scratch, export to src/facemogle/weights/tiny, then its metrics, sample grid

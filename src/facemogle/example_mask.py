@@ -28,8 +28,9 @@ def mirror_box(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     return (SIZE - right, top, SIZE - left, bottom)
 
 
-def draw_example_mask() -> np.ndarray:
-    """Return the example mask as (SIZE, SIZE) uint8 official ids."""
+def draw_example_mask(features: bool = True) -> np.ndarray:
+    """Return the example mask as (SIZE, SIZE) uint8 official ids; ``features=False``: the blank face
+    template the app starts from (hair, face skin, ears, neck, clothes; no eyes, brows, nose or mouth)."""
     canvas = Image.new("L", (SIZE, SIZE), class_id("background"))
     draw = ImageDraw.Draw(canvas)
 
@@ -51,6 +52,8 @@ def draw_example_mask() -> np.ndarray:
     # Fringe over the forehead: the upper half of an ellipse, swept to one side.
     draw.chord((136, 60, 376, 236), start=180, end=360, fill=class_id("hair"))
     draw.polygon([(150, 148), (236, 148), (168, 186)], fill=class_id("hair"))
+    if not features:
+        return np.asarray(canvas).copy()
     # Eyebrows and eyes.
     right_brow = [(178, 186), (196, 172), (222, 168), (242, 174), (240, 182), (220, 178), (198, 182)]
     draw.polygon(right_brow, fill=class_id("right eyebrow"))

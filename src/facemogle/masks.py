@@ -223,16 +223,31 @@ def _ids_from_values(values: np.ndarray, order: str, *, name: str, lossy: bool) 
     return from_order(ids, order)
 
 
-def _ids_from_colours(rgb: np.ndarray, max_color_distance: float, *, name: str) -> np.ndarray:
-    height, width, _ = rgb.shape
+def snap_to_palette(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel of ``rgb`` (H, W, 3) snapped to its nearest palette colour: (H, W) class ids and
+    (H, W) the distance to that colour (the largest per-channel difference, 0..255)."""
+    rgb = np.asarray(rgb)[..., :3]
+    _, _, inverse, nearest, nearest_distance = _nearest_palette(rgb)
+    return nearest[inverse].reshape(rgb.shape[:2]), nearest_distance[inverse].reshape(rgb.shape[:2])
+
+
+def _nearest_palette(rgb: np.ndarray):
+    """Per unique colour of ``rgb`` (H, W, 3): the colours (U, 3), their pixel counts, each pixel's
+    index into them, and the nearest palette id and its distance (U,)."""
     codes = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
     unique_codes, inverse, counts = np.unique(codes.ravel(), return_inverse=True, return_counts=True)
     unique_rgb = np.stack(
         [(unique_codes >> 16) & 0xFF, (unique_codes >> 8) & 0xFF, unique_codes & 0xFF], axis=-1
     )  # (U, 3)
     distance = np.abs(unique_rgb[:, None, :] - PALETTE_ARRAY[None].astype(np.int32)).max(-1)  # (U, NUM_CLASSES)
-    nearest = distance.argmin(-1)  # (U,)
+    nearest = distance.argmin(-1).astype(np.uint8)  # (U,)
     nearest_distance = distance.min(-1)  # (U,)
+    return unique_rgb, counts, inverse, nearest, nearest_distance
+
+
+def _ids_from_colours(rgb: np.ndarray, max_color_distance: float, *, name: str) -> np.ndarray:
+    height, width, _ = rgb.shape
+    unique_rgb, counts, inverse, nearest, nearest_distance = _nearest_palette(rgb)
     far = nearest_distance > max_color_distance  # (U,)
     if far.any():
         far_pixels = int(counts[far].sum())

@@ -92,3 +92,21 @@ def test_mask_guided_calls_record_the_masked_half_only(pipe, example_mask_ids):
     assert len(guided) == 2
     # step 1 sees the same noise and mask: the same gate weights as without guidance
     assert guided[0].mean_weights == pytest.approx(plain[0].mean_weights, abs=1e-6)
+
+
+def test_token_weights_are_the_per_token_gate_averaged_over_the_steps():
+    import torch
+
+    from facemogle.eval.gate_weights import GateRecorder
+
+    class Mogle:
+        gating = object()
+        expert_indices = (0, 1, 2)
+
+    recorder = GateRecorder(Mogle())
+    assert recorder.token_weights is None
+    first, second = torch.rand(2, 4, 3), torch.rand(2, 4, 3)
+    recorder.add(0.9, first)
+    recorder.add(0.5, second)
+    torch.testing.assert_close(recorder.token_weights, (first + second) / 2)
+    assert [round(s.timestep, 2) for s in recorder.steps] == [0.9, 0.5]

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "facemogle.cli.mask",
     "facemogle.cli.generate",
     "facemogle.cli.edit",
+    "facemogle.cli.app",
     "facemogle.cli.detect",
     "facemogle.cli.evaluate",
     "facemogle.cli.parse",

@@ -65,11 +65,23 @@ class GateRecorder(StepHook):
             raise InputError(f"this MoGLE has no gate (gating_mode={mogle.config.gating_mode!r})")
         self.names = expert_names(mogle)
         self.steps: list[GateStep] = []
+        self._token_sum: torch.Tensor | None = None  # (B, N, A) summed over the steps
 
     def add(self, timestep: float, weights: torch.Tensor) -> None:
         """Record a step: t in (0, 1) and the gate weights (B, N, A)."""
-        means = weights.detach().float().mean(dim=(0, 1))  # (A,)
+        weights = weights.detach().float().cpu()
+        means = weights.mean(dim=(0, 1))  # (A,)
         self.steps.append(GateStep(float(timestep), self.names, tuple(means.tolist())))
+        same_shape = self._token_sum is not None and self._token_sum.shape == weights.shape
+        self._token_sum = weights.clone() if not same_shape else self._token_sum + weights
+
+    @property
+    def token_weights(self) -> torch.Tensor | None:
+        """(B, N, A): each image's per-token gate weights averaged over the recorded steps (use one
+        recorder per call; None before any step); token n of an (h, w) grid is row n // w, column n % w."""
+        if self._token_sum is None:
+            return None
+        return self._token_sum / max(1, len(self.steps))
 
     def after_step(self, state: StepState) -> None:
         self.add(state.sigma, state.prediction.gate_weights)
