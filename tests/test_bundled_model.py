@@ -80,10 +80,11 @@ def test_same_seed_same_face_any_mask_format(pipe, example_mask_ids, tmp_path):
 
 
 def test_ships_with_its_sampling_setting(pipe):
-    from facemogle.specs import SCRATCH_GUIDANCE_SCALE, TINY_MASK_GUIDANCE_SCALE
+    from facemogle.specs import SCRATCH_GUIDANCE_SCALE, TINY_MASK_GUIDANCE_SCALE, TINY_TEXT_GUIDANCE
 
     assert pipe.default_guidance_scale == SCRATCH_GUIDANCE_SCALE
     assert pipe.default_mask_guidance_scale == TINY_MASK_GUIDANCE_SCALE
+    assert pipe.default_text_guidance is TINY_TEXT_GUIDANCE
     assert (pipe.default_sample_size * pipe.vae_scale_factor, pipe.default_num_inference_steps) == (128, 20)
 
 

@@ -165,6 +165,7 @@ class FaceMoGLEPipeline(FluxPipeline):
         default_max_sequence_length: int = 512,
         default_guidance_scale: float = 3.5,
         default_mask_guidance_scale: float = 1.0,
+        default_text_guidance: bool = False,
     ):
         # FluxPipeline.__init__ reads the VAE factor from AutoencoderKL's block list; any autoencoder
         # with its interface may serve here (the bundled model's is a patch codec), so the
@@ -196,6 +197,7 @@ class FaceMoGLEPipeline(FluxPipeline):
             default_max_sequence_length=default_max_sequence_length,
             default_guidance_scale=default_guidance_scale,
             default_mask_guidance_scale=default_mask_guidance_scale,
+            default_text_guidance=default_text_guidance,
         )
         self.default_sample_size = default_sample_size
         self.default_num_inference_steps = default_num_inference_steps
@@ -203,6 +205,9 @@ class FaceMoGLEPipeline(FluxPipeline):
         self.default_guidance_scale = default_guidance_scale
         # Mask guidance: 1.0 = off (the paper's sampling); the tiny model ships with more.
         self.default_mask_guidance_scale = default_mask_guidance_scale
+        # Text guidance: mask guidance's second branch drops the prompt too (classifier-free
+        # guidance on mask and text together; also for text-only calls). Off: the paper's sampling.
+        self.default_text_guidance = default_text_guidance
 
     # ------------------------------------------------------------------------------------------
     # saving and loading
@@ -337,6 +342,7 @@ class FaceMoGLEPipeline(FluxPipeline):
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         mask_guidance_scale: float | None = None,
+        text_guidance: bool | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         seed: int | list[int] | None = None,
@@ -367,6 +373,10 @@ class FaceMoGLEPipeline(FluxPipeline):
                 ``pred_empty + w * (pred_mask - pred_empty)``. 1.0 (off, the paper's sampling) costs
                 nothing; any other value doubles the transformer's batch. Default: the pipeline's
                 ``default_mask_guidance_scale`` (1.0; the tiny model: see its card).
+            text_guidance: the guidance's second branch also drops the prompt (the empty mask with
+                the empty prompt): ``w`` then pushes towards the mask *and* the text, and text-only
+                calls are guided too (a doubled batch). Default: the pipeline's
+                ``default_text_guidance`` (False; the tiny model: see its card).
             num_images_per_prompt: images per (mask, prompt) pair.
             generator: one ``torch.Generator`` per image (or one for a single image). With a
                 single generator for several images, one seed per image is drawn from it.
@@ -395,6 +405,7 @@ class FaceMoGLEPipeline(FluxPipeline):
         max_sequence_length = self.default_max_sequence_length if max_sequence_length is None else max_sequence_length
         guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
         mask_guidance_scale = self.default_mask_guidance_scale if mask_guidance_scale is None else mask_guidance_scale
+        text_guidance = self.default_text_guidance if text_guidance is None else bool(text_guidance)
         height = int(self.default_sample_size * self.vae_scale_factor if height is None else height)
         width = int(self.default_sample_size * self.vae_scale_factor if width is None else width)
         for name, value in (("guidance_scale", guidance_scale), ("mask_guidance_scale", mask_guidance_scale)):
@@ -416,15 +427,18 @@ class FaceMoGLEPipeline(FluxPipeline):
         self._guidance_scale = guidance_scale
         self._interrupt = False
 
-        # 1. encode prompt: once per given prompt, then indexed per image
-        prompt_embeds, pooled_prompt_embeds, text_ids = self.encode_prompt(
-            prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=1, max_sequence_length=max_sequence_length
+        # 1. encode prompt: once per given prompt (and the empty one, for text guidance), then indexed per image
+        mask_guided = mask_guidance_scale != 1.0 and (text_guidance or any(m is not None for m in masks))
+        text_guided = mask_guided and text_guidance
+        all_embeds, all_pooled, text_ids = self.encode_prompt(
+            prompt=prompts + [""] * text_guided, prompt_2=None, device=device, num_images_per_prompt=1,
+            max_sequence_length=max_sequence_length
         )
         prompt_index = _per_image(len(prompts), pairs, num_images_per_prompt)
-        prompt_embeds, pooled_prompt_embeds = prompt_embeds[prompt_index], pooled_prompt_embeds[prompt_index]  # (B, L, D), (B, P)
+        prompt_embeds, pooled_prompt_embeds = all_embeds[prompt_index], all_pooled[prompt_index]  # (B, L, D), (B, P)
+        empty_prompt = (all_embeds[len(prompts):], all_pooled[len(prompts):]) if text_guided else None
 
         # 2. encode masks: once per call (with the empty mask, when mask guidance needs it)
-        mask_guided = mask_guidance_scale != 1.0 and any(m is not None for m in masks)
         encoded = self.encode_mask_latents(masks + [None] * mask_guided, height, width, mask_order).dense().to(device)
         condition_latents = encoded[_per_image(len(masks), pairs, num_images_per_prompt)]  # (B, E, N, 64)
 
@@ -439,7 +453,8 @@ class FaceMoGLEPipeline(FluxPipeline):
             guidance = torch.full((total,), guidance_scale, device=device, dtype=torch.float32)
         conditioning = Conditioning(condition_latents, prompt_embeds, pooled_prompt_embeds, image_ids, text_ids, guidance)
         if mask_guided:
-            conditioning = with_empty_mask(conditioning, encoded[len(masks):])  # (2B) batch: own masks, empty mask
+            # (2B) batch: own masks, then the empty mask (with the empty prompt, for text guidance)
+            conditioning = with_empty_mask(conditioning, encoded[len(masks):], empty_prompt)
         predict = functools.partial(guided_prediction, self.transformer, self.mogle, conditioning=conditioning,
                                     mask_guidance_scale=mask_guidance_scale if mask_guided else 1.0)
         hooks = [_CallbackHook(self, callback_on_step_end, callback_on_step_end_tensor_inputs, prompt_embeds),
@@ -456,7 +471,7 @@ class FaceMoGLEPipeline(FluxPipeline):
         if output_type == "pil" and watermark:
             images = mark_generated(images, self.model_spec, seed=seed, steps=num_inference_steps, size=[width, height],
                                     prompts=[prompts[i] for i in prompt_index], guidance=guidance_scale,
-                                    mask_guidance=mask_guidance_scale)
+                                    mask_guidance=mask_guidance_scale, text_guidance=text_guidance)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)

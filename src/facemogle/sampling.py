@@ -94,13 +94,21 @@ def mask_guidance(with_mask: torch.Tensor, empty_mask: torch.Tensor, scale: floa
     return empty_mask + scale * (with_mask - empty_mask)
 
 
-def with_empty_mask(conditioning: Conditioning, empty_latents: torch.Tensor) -> Conditioning:
+def with_empty_mask(conditioning: Conditioning, empty_latents: torch.Tensor,
+                    empty_prompt: tuple[torch.Tensor, torch.Tensor] | None = None) -> Conditioning:
     """The (2B) batch mask guidance predicts on: the images' own masks, then the empty mask
-    (``empty_latents`` (1 or B, E, N, D)) with the same text. Built once per call, not per step."""
+    (``empty_latents`` (1 or B, E, N, D)) with the same text, or with ``empty_prompt`` (the empty
+    prompt's (1, L, Dt) embeddings and (1, P) pooled embeddings) when the guidance is on the text
+    too. Built once per call, not per step."""
     own = conditioning.condition_latents
+    embeds, pooled = conditioning.prompt_embeds, conditioning.pooled_prompt_embeds
+    if empty_prompt is None:
+        other_embeds, other_pooled = embeds, pooled
+    else:
+        other_embeds, other_pooled = empty_prompt[0].expand_as(embeds), empty_prompt[1].expand_as(pooled)
     return replace(conditioning, condition_latents=torch.cat([own, empty_latents.expand_as(own)]),
-                   prompt_embeds=_twice(conditioning.prompt_embeds),
-                   pooled_prompt_embeds=_twice(conditioning.pooled_prompt_embeds), guidance=_twice(conditioning.guidance))
+                   prompt_embeds=torch.cat([embeds, other_embeds]),
+                   pooled_prompt_embeds=torch.cat([pooled, other_pooled]), guidance=_twice(conditioning.guidance))
 
 
 def _twice(x: torch.Tensor | None) -> torch.Tensor | None:

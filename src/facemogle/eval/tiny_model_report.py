@@ -149,6 +149,7 @@ def evaluate_tiny_model(model_dir: Path, work_dir: Path, data_root: Path, parser
     metrics = {
         "validation_faces": len(stems), "size": SIZE, "steps": STEPS, "guidance": pipe.default_guidance_scale,
         "mask_guidance": pipe.default_mask_guidance_scale,
+        "text_guidance": bool(getattr(pipe, "default_text_guidance", False)),
         "seed_rule": "paper_protocol.image_seed",
         "miou": miou, "miou_ratio": miou["generated"] / miou["real_full_size"],
         "miou_ratio_vs_downsampled": miou["generated"] / miou["real"],
@@ -385,7 +386,7 @@ def card_metrics_section(m: dict) -> str:
 
 Measured by `python scripts/evaluate_tiny_model.py` (the last stage of `make tiny-model`) on the
 {m['validation_faces']} held-out validation faces, one image each from its mask and first caption sentence,
-{m['size']} px, {m['steps']} steps, guidance {m['guidance']}, mask guidance {m['mask_guidance']}; every number below is in
+{m['size']} px, {m['steps']} steps, guidance {m['guidance']}, mask guidance {m['mask_guidance']}{' (with text guidance)' if m.get('text_guidance') else ''}; every number below is in
 `metrics.json` beside the weights. "Before" is the model this one replaced (/8 VAE, 8 x 8 tokens, mask
 guidance 3; measured the same way at commit e8f2fe6; n/m: not measured).
 

@@ -343,7 +343,7 @@ def export_pipeline(checkpoint: Path, export: Path, report: dict, split, config,
     folder's place, so an interrupt leaves the old export or the new one. Adds ``report["export"]``
     (folder, size, parameter counts).
     """
-    from facemogle.specs import SCRATCH_GUIDANCE_SCALE, TINY_MASK_GUIDANCE_SCALE, load_pipeline
+    from facemogle.specs import SCRATCH_GUIDANCE_SCALE, TINY_MASK_GUIDANCE_SCALE, TINY_TEXT_GUIDANCE, load_pipeline
     from facemogle.train.text_encoders import SCORE_FILE
 
     from facemogle.train.checkpoint import apply_ema_weights
@@ -356,9 +356,11 @@ def export_pipeline(checkpoint: Path, export: Path, report: dict, split, config,
     if isinstance(pipe.vae, PatchAutoencoder):  # the spec's decoder settings (decoding only: latents unchanged)
         pipe.vae.register_to_config(smoothing_steps=TINY_VAE["smoothing_steps"])
     pipe.register_to_config(default_guidance_scale=SCRATCH_GUIDANCE_SCALE,  # the only guidance it was trained with
-                            default_mask_guidance_scale=TINY_MASK_GUIDANCE_SCALE)
+                            default_mask_guidance_scale=TINY_MASK_GUIDANCE_SCALE,
+                            default_text_guidance=TINY_TEXT_GUIDANCE)
     pipe.default_guidance_scale = SCRATCH_GUIDANCE_SCALE
     pipe.default_mask_guidance_scale = TINY_MASK_GUIDANCE_SCALE
+    pipe.default_text_guidance = TINY_TEXT_GUIDANCE
     pipe.to(dtype=torch.float16)
     with atomic_directory(export) as staging:  # the shipped folder: the old model or the whole new one
         pipe.save_pretrained(str(staging), safe_serialization=True)

@@ -1,0 +1,74 @@
+"""How the bundled model's guidance was chosen, on TRAINING faces only (never the validation split).
+
+    python scripts/choose_tiny_guidance.py [--faces 16] [--per-colour 8]
+
+For each setting (mask guidance w, with or without text guidance): mIoU(parse(generated), mask)
+over ``--faces`` training faces (their own masks and first captions, seeds 0..), the smallest IoU of
+the small parts, and text-only hair-colour agreement vs chance (``--per-colour`` faces per colour,
+read back by the project's parser + captioner). Prints one JSON line per setting. The numbers in
+``facemogle.specs`` (TINY_MASK_GUIDANCE_SCALE) come from this measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = ((2.0, False), (3.0, True), (4.0, True))
+SMALL = ("left eye", "right eye", "left eyebrow", "right eyebrow", "nose", "inner mouth", "upper lip", "lower lip",
+         "left ear", "right ear")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work-dir", default=str(REPO / "runs" / "tiny-model"), help="the recipe's work dir (split, captions)")
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "celebamask-hq-mini"))
+    p.add_argument("--faces", type=int, default=16)
+    p.add_argument("--per-colour", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+
+    import numpy as np
+    import torch
+
+    from facemogle.eval.metrics import confusion_matrix, iou_per_class
+    from facemogle.eval.text_control import HAIR_COLOURS, PROMPTS, read_attributes
+    from facemogle.labels import class_id
+    from facemogle.masks import load_mask, resize_mask
+    from facemogle.parser import load_parser
+    from facemogle.specs import load_pipeline
+
+    torch.set_num_threads(args.threads)
+    pipe, parser = load_pipeline("tiny"), load_parser()
+    work = Path(args.work_dir)
+    split = json.loads((work / "split.json").read_text())
+    captions = json.loads((work / "captions" / "text.json").read_text())
+    stems = sorted(split["train"])[5::50][: args.faces]
+    masks = [resize_mask(load_mask(Path(args.data) / "masks" / f"{s}.png"), 128) for s in stems]
+    prompts = [captions[f"{s}.jpg"][0] for s in stems]
+    k = args.per_colour
+    for scale, text in SETTINGS:
+        started = time.time()
+        confusion = np.zeros((19, 19), np.int64)
+        for i in range(0, len(stems), 4):
+            images = pipe(mask=masks[i:i + 4], prompt=prompts[i:i + 4], seed=list(range(i, i + len(masks[i:i + 4]))),
+                          mask_guidance_scale=scale, text_guidance=text, watermark=False).images
+            for image, mask in zip(images, masks[i:i + 4]):
+                confusion += confusion_matrix(parser.parse(image), mask)
+        iou = iou_per_class(confusion)
+        reads = {c: read_attributes(parser, pipe(mask=None, prompt=[PROMPTS["hair_colour"][c]] * k, seed=list(range(k)),
+                                                 mask_guidance_scale=scale, text_guidance=text, watermark=False).images)
+                 for c in HAIR_COLOURS}
+        hair = {c: {"agreement": float(np.mean([r["hair_colour"] == c for r in reads[c]])),
+                    "chance": float(np.mean([r["hair_colour"] == c for o in HAIR_COLOURS if o != c for r in reads[o]]))}
+                for c in HAIR_COLOURS}
+        print(json.dumps({"mask_guidance": scale, "text_guidance": text, "miou": round(float(np.nanmean(iou)), 4),
+                          "small_parts_min_iou": round(float(np.nanmin(iou[[class_id(n) for n in SMALL]])), 3),
+                          "hair_colour_text_only": hair, "seconds": round(time.time() - started, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
