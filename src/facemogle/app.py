@@ -254,22 +254,22 @@ class FaceApp:
 
         pipe = self.pipe
         size = pipe.default_sample_size * pipe.vae_scale_factor
-        recorder = GateRecorder(pipe.mogle)
+        recorder = GateRecorder(pipe.mogle)  # the gate view shows the first image's
         common = dict(num_inference_steps=request.steps, guidance_scale=request.guidance,
-                      mask_guidance_scale=request.mask_guidance, step_hooks=[recorder])
+                      mask_guidance_scale=request.mask_guidance)
         if request.mode == "edit my photo":
             images = []
             for k in range(request.num_images):
-                recorder.steps.clear()
-                out = pipe.edit(request.photo, request.ids, prompt=request.prompt, seed=request.seed + k, **common)
+                hook = recorder if k == 0 else GateRecorder(pipe.mogle)
+                out = pipe.edit(request.photo, request.ids, prompt=request.prompt, seed=request.seed + k,
+                                step_hooks=[hook], **common)
                 images.append(out.images[0])
-            grid = _token_grid(size, pipe)
         else:
             out = pipe(mask=request.ids, prompt=request.prompt, height=size, width=size,
                        num_images_per_prompt=request.num_images,
-                       seed=[request.seed + k for k in range(request.num_images)], **common)
+                       seed=[request.seed + k for k in range(request.num_images)], step_hooks=[recorder], **common)
             images = out.images
-            grid = _token_grid(size, pipe)
+        grid = _token_grid(size, pipe)
         folder = Path(tempfile.mkdtemp(prefix="run-", dir=self.work_dir))
         paths = [str(save_image(image, folder / f"face-{request.seed + k}.png")) for k, image in enumerate(images)]
         svg, heat, table = gate_views(recorder, request.ids, grid)
