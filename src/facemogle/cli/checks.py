@@ -56,34 +56,29 @@ def seed(name: str, value) -> int:
     return value
 
 
-def input_file(name: str, path) -> Path:
-    """An existing regular file (not a folder, FIFO or device)."""
+def _existing(name: str, path, accepts, refusal: str) -> Path:
+    """``path`` exists and ``accepts(path)``; otherwise one line naming the argument."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{name} {path} does not exist")
-    if not path.is_file():
-        raise InputError(f"{name} {path} is not a regular file")
+    if not accepts(path):
+        raise InputError(f"{name} {path} is {refusal}")
     return path
+
+
+def input_file(name: str, path) -> Path:
+    """An existing regular file (not a folder, FIFO or device)."""
+    return _existing(name, path, Path.is_file, "not a regular file")
 
 
 def input_folder(name: str, path) -> Path:
     """An existing folder."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{name} {path} does not exist")
-    if not path.is_dir():
-        raise InputError(f"{name} {path} is not a folder")
-    return path
+    return _existing(name, path, Path.is_dir, "not a folder")
 
 
 def input_file_or_folder(name: str, path) -> Path:
     """An existing regular file or folder (not a FIFO or device)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{name} {path} does not exist")
-    if not (path.is_file() or path.is_dir()):
-        raise InputError(f"{name} {path} is neither a regular file nor a folder")
-    return path
+    return _existing(name, path, lambda p: p.is_file() or p.is_dir(), "neither a regular file nor a folder")
 
 
 def sampling_options(args, *, seed_count: int = 1) -> None:
