@@ -43,17 +43,17 @@ def mask_27000(fixtures_dir):
 def run_recording(pipe, mask, size, *, seed=0, gate_time_scale=1.0, **kwargs):
     """Generate one image and record what every step saw and produced."""
     record = {"steps": []}
-    mogle_forward = pipe.mogle.forward
+    mogle_mix = pipe.mogle.mix  # the gate's step (the experts run once per call)
 
-    def mogle_spy(condition_tokens, noisy_tokens, timestep, **kw):
+    def mogle_spy(expert_outputs, global_tokens, noisy_tokens, timestep, **kw):
         record.setdefault("gate_t", []).append(timestep.clone())
-        return mogle_forward(condition_tokens, noisy_tokens, timestep * gate_time_scale, **kw)
+        return mogle_mix(expert_outputs, global_tokens, noisy_tokens, timestep * gate_time_scale, **kw)
 
     def on_step(_pipe, i, t, tensors):
         record["steps"].append({k: v.clone() for k, v in tensors.items()})
         return {}
 
-    pipe.mogle.forward = mogle_spy
+    pipe.mogle.mix = mogle_spy
     try:
         out = pipe(
             mask=mask,
@@ -69,7 +69,7 @@ def run_recording(pipe, mask, size, *, seed=0, gate_time_scale=1.0, **kwargs):
             **kwargs,
         )
     finally:
-        pipe.mogle.forward = mogle_forward
+        del pipe.mogle.mix  # back to the class method
     record["image"] = out.images
     return record
 
@@ -235,7 +235,8 @@ def test_modes_and_output_types(tiny_pipe, mask_27000):
     assert (latent - no_mask).abs().max() > 1e-4
 
 
-def test_masks_are_encoded_once_per_call(tiny_pipe, mask_27000, monkeypatch):
+def test_masks_are_encoded_once_per_call(mask_27000, monkeypatch):
+    tiny_pipe = load_pipeline("tiny-random", seed=0)  # a fresh one: nothing kept yet
     calls = []
     encode = tiny_pipe.vae.encode
 
@@ -250,8 +251,14 @@ def test_masks_are_encoded_once_per_call(tiny_pipe, mask_27000, monkeypatch):
     present = len(np.unique(tiny_pipe.mask_ids(mask_27000, 64, 64)))
     assert 2 <= present < 19 and sum(calls) == 1 + present + 1
     calls.clear()
+    # the blank map is kept on the pipeline; the empty mask (mask guidance, text-only) is all blank maps
     tiny_pipe(mask=mask_27000, mask_guidance_scale=2.0, seed=0, num_inference_steps=2, output_type="latent")
-    assert sum(calls) == 1 + present + 1 + 1  # + the empty mask's colour map (no mask: no class map at all)
+    assert sum(calls) == 1 + present
+    calls.clear()
+    tiny_pipe(mask=None, prompt="a", seed=0, num_inference_steps=2, output_type="latent")
+    assert sum(calls) == 0
+    tiny_pipe(mask=None, prompt="a", seed=0, height=32, width=32, num_inference_steps=2, output_type="latent")
+    assert sum(calls) == 1  # a new size: its blank map, once
 
 
 @pytest.mark.parametrize(

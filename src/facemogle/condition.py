@@ -50,6 +50,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 from facemogle.errors import CheckpointError, InputError
 from facemogle.files import LORA_WEIGHT_NAME
+from facemogle.forward_cache import ForwardCache
 
 CONDITION_ADAPTER_NAME = "condition"
 """peft adapter name of the condition-stream LoRA."""
@@ -241,6 +242,7 @@ def condition_forward(
     *,
     _lora_on_image_tokens: bool = False,
     _condition_timestep: torch.Tensor | None = None,
+    cache: ForwardCache | None = None,
 ) -> torch.Tensor:
     """Flux velocity prediction for the image tokens, with the MoGLE condition tokens attended to.
 
@@ -255,6 +257,9 @@ def condition_forward(
         condition_ids: (N, 3) rotary ids of the condition tokens; default ``img_ids``.
         intermediates: if a dict is given, it is filled with detached intermediate tensors named as
             Golden B's ``ix.*`` (without the prefix), e.g. ``temb``, ``block0.hidden_states``.
+        cache: a :class:`facemogle.forward_cache.ForwardCache` kept over the steps of one call (step
+            invariants computed once; its policy may reuse condition keys/values or skip blocks).
+            None: a fresh one, everything computed (training, single predictions).
         _lora_on_image_tokens, _condition_timestep: defect variants for tests only (LoRA also on the
             image/text stream; condition modulated at this timestep instead of 0).
 
@@ -274,54 +279,93 @@ def condition_forward(
             f"condition_ids must have the shape of img_ids {tuple(img_ids.shape)}, got {tuple(condition_ids.shape)}"
         )
     image_lora = _lora_on_image_tokens
+    cache = ForwardCache() if cache is None else cache
+    batch, image_len = hidden_states.shape[:2]
+    reuse = condition_tokens.shape[1] > 0 and cache.reuse_condition(batch)
+    refresh_first = reuse and cache.policy.refresh_first_block
 
     image = _linear(transformer.x_embedder, hidden_states.to(dtype), image_lora)  # (B, N, inner)
-    condition = _linear(transformer.x_embedder, condition_tokens.to(dtype), True)  # (B, N, inner)
+    image_in = image
+    condition = None
+    if not reuse or refresh_first:
+        condition = _linear(transformer.x_embedder, condition_tokens.to(dtype), True)  # (B, N, inner)
+        capture("x_embedder_condition_lora_on", condition)
     capture("x_embedder_hidden_lora_off", image)
-    capture("x_embedder_condition_lora_on", condition)
 
+    key = tuple(None if t is None else (t.data_ptr(), tuple(t.shape), t.dtype)
+                for t in (encoder_hidden_states, pooled_projections, guidance, img_ids, txt_ids, condition_ids,
+                          _condition_timestep))
     timestep = timestep.to(dtype) * 1000
-    condition_timestep = torch.zeros_like(timestep)  # the condition is clean: t = 0
-    if _condition_timestep is not None:
-        condition_timestep = _condition_timestep.to(dtype) * 1000
     pooled_projections = pooled_projections.to(dtype)
-    if guidance is None:
-        temb = transformer.time_text_embed(timestep, pooled_projections)  # (B, inner)
-        cond_temb = transformer.time_text_embed(condition_timestep, pooled_projections)
-    else:
+    if guidance is not None:
         guidance = guidance.to(dtype) * 1000
-        temb = transformer.time_text_embed(timestep, guidance, pooled_projections)
-        cond_temb = transformer.time_text_embed(condition_timestep, guidance, pooled_projections)
+    temb = _time_embedding(transformer, timestep, guidance, pooled_projections)  # (B, inner)
+
+    def step_invariants() -> dict:
+        condition_timestep = torch.zeros_like(timestep)  # the condition is clean: t = 0
+        if _condition_timestep is not None:
+            condition_timestep = _condition_timestep.to(dtype) * 1000
+        return {"cond_temb": _time_embedding(transformer, condition_timestep, guidance, pooled_projections),
+                "text": transformer.context_embedder(encoder_hidden_states.to(dtype)),  # (B, L, inner)
+                "rotary_emb": transformer.pos_embed(torch.cat([txt_ids, img_ids, condition_ids]))}  # 2 x (L+N+N, hd)
+
+    invariants = cache.step_invariants(key, step_invariants)
+    cond_temb, text, rotary_emb = invariants["cond_temb"], invariants["text"], invariants["rotary_emb"]
     capture("temb", temb)
     capture("cond_temb", cond_temb)
-
-    text = transformer.context_embedder(encoder_hidden_states.to(dtype))  # (B, L, inner)
     capture("context_embedder_out", text)
 
-    text_len, image_len = text.shape[1], image.shape[1]
-    rotary_emb = transformer.pos_embed(torch.cat([txt_ids, img_ids, condition_ids]))  # 2 x (L+N+N, head_dim)
+    text_len = text.shape[1]
     capture("image_rotary_emb_cos", rotary_emb[0][: text_len + image_len])
     capture("image_rotary_emb_sin", rotary_emb[1][: text_len + image_len])
     capture("cond_rotary_emb_cos", rotary_emb[0][text_len + image_len :])
     capture("cond_rotary_emb_sin", rotary_emb[1][text_len + image_len :])
+    rotary = _Rotary(rotary_emb, text_len + image_len)
 
+    kept = cache.condition_kv if reuse else None
+    stored: list | None = [] if condition_tokens.shape[1] > 0 and cache.policy.condition_every > 1 and not reuse else None
+    head_image = None
     for index, block in enumerate(transformer.transformer_blocks):
-        text, image, condition = _checkpointed(transformer, _joint_block)(
-            block, text, image, condition, temb, cond_temb, rotary_emb, image_lora
-        )
+        if kept is not None:
+            block_kv = _first_block_condition_kv(block, condition, cond_temb, rotary) if refresh_first and index == 0 \
+                else kept[index]
+            text, image = _joint_block_on_kept_condition(block, text, image, temb, rotary, block_kv, image_lora)
+        else:
+            text, image, condition = _checkpointed(transformer, _joint_block)(
+                block, text, image, condition, temb, cond_temb, rotary, image_lora, stored
+            )
+            capture(f"block{index}.condition_latents", condition)
         capture(f"block{index}.encoder_hidden_states", text)
         capture(f"block{index}.hidden_states", image)
-        capture(f"block{index}.condition_latents", condition)
+        if index == 0 and cache.policy.first_block_threshold > 0:
+            head_image, head_residual = image, image - image_in
+            if cache.skip_blocks(head_residual):
+                cache.counts["blocks_skipped"] += 1
+                return transformer.proj_out(transformer.norm_out(head_image + cache.tail_residual, temb))
 
     text_image = torch.cat([text, image], dim=1)  # (B, L+N, inner)
+    offset = len(transformer.transformer_blocks)
     for index, block in enumerate(transformer.single_transformer_blocks):
-        text_image, condition = _checkpointed(transformer, _single_block)(
-            block, text_image, condition, temb, cond_temb, rotary_emb, image_lora
-        )
+        if kept is not None:
+            text_image = _single_block_on_kept_condition(block, text_image, temb, rotary, kept[offset + index], image_lora)
+        else:
+            text_image, condition = _checkpointed(transformer, _single_block)(
+                block, text_image, condition, temb, cond_temb, rotary, image_lora, stored
+            )
+            capture(f"single{index}.condition_latents", condition)
         capture(f"single{index}.hidden_states", text_image)
-        capture(f"single{index}.condition_latents", condition)
 
-    image = transformer.norm_out(text_image[:, text_len:], temb)  # condition tokens are dropped here
+    if kept is not None:
+        cache.since_condition += 1
+        cache.counts["condition_reused"] += 1
+    else:
+        cache.counts["full"] += 1
+        if stored is not None:
+            cache.condition_kv, cache.since_condition = stored, 0
+    image = text_image[:, text_len:]
+    if head_image is not None:  # step cache: what the blocks after the first added
+        cache.head_residual, cache.tail_residual = head_residual, image - head_image
+    image = transformer.norm_out(image, temb)  # condition tokens are dropped here
     capture("norm_out", image)
     return transformer.proj_out(image)
 
@@ -403,11 +447,30 @@ def _text_side_qkv(attn: torch.nn.Module, x: torch.Tensor):
     return attn.norm_added_q(query), attn.norm_added_k(key), value
 
 
-def _joint_attention(attn: torch.nn.Module, groups: list[tuple], rotary_emb) -> list[torch.Tensor]:
-    """One SDPA over the concatenated token groups [(q, k, v), ...] (RoPE over all); outputs split per group."""
+class _Rotary:
+    """The rotary embeddings (cos, sin) of [text, image, condition] tokens, and their slices."""
+
+    def __init__(self, rotary_emb: tuple[torch.Tensor, torch.Tensor], text_image_len: int):
+        self.all = rotary_emb
+        self.text_image = tuple(part[:text_image_len] for part in rotary_emb)
+        self.condition = tuple(part[text_image_len:] for part in rotary_emb)
+
+
+def _joint_attention(attn: torch.nn.Module, groups: list[tuple], rotary_emb, kept_kv=None,
+                     store: list | None = None) -> list[torch.Tensor]:
+    """One SDPA over the concatenated token groups [(q, k, v), ...] (RoPE over all); outputs split per group.
+
+    ``kept_kv``: (keys, values) of condition tokens (RoPE applied) appended to the keys and values
+    (they ask no queries). ``store``: a list that gets the last group's (keys, values) after RoPE.
+    """
     query, key, value = (torch.cat(parts, dim=1) for parts in zip(*groups))  # (B, S, heads, head_dim)
     query = apply_rotary_emb(query, rotary_emb, sequence_dim=1)
     key = apply_rotary_emb(key, rotary_emb, sequence_dim=1)
+    if store is not None:
+        last = groups[-1][0].shape[1]
+        store.append((key[:, -last:], value[:, -last:]))
+    if kept_kv is not None:
+        key, value = torch.cat([key, kept_kv[0]], dim=1), torch.cat([value, kept_kv[1]], dim=1)
     out = dispatch_attention_fn(query, key, value, backend=getattr(attn.processor, "_attention_backend", None))
     out = out.flatten(2, 3).to(query.dtype)  # (B, S, inner)
     return list(out.split([group[0].shape[1] for group in groups], dim=1))
@@ -421,11 +484,13 @@ def _feed_forward(ff: torch.nn.Module, x: torch.Tensor, with_lora: bool) -> torc
 
 
 def _joint_block(
-    block: FluxTransformerBlock, text, image, condition, temb, cond_temb, rotary_emb, image_lora: bool
+    block: FluxTransformerBlock, text, image, condition, temb, cond_temb, rotary: _Rotary, image_lora: bool,
+    store: list | None = None,
 ):
     """FluxTransformerBlock over text (B, L, C), image (B, N, C) and condition (B, N, C) tokens.
 
     The condition tokens use the image modules (with LoRA) and the ``cond_temb`` modulation.
+    ``store``: a list that gets the condition tokens' (keys, values) (condition cache).
     """
     attn = block.attn
     text_normed, text_modulation = _ada_norm(block.norm1_context, text, temb, False)
@@ -439,7 +504,8 @@ def _joint_block(
             _image_side_qkv(attn, image_normed, image_lora),
             _image_side_qkv(attn, condition_normed, True),
         ],
-        rotary_emb,
+        rotary.all,
+        store=store,
     )
     text_attn = _linear(attn.to_add_out, text_attn, False)
     image_attn = attn.to_out[1](_linear(attn.to_out[0], image_attn, image_lora))
@@ -460,11 +526,13 @@ def _gated_residuals(x, attn_out, modulation, norm2, ff, with_lora: bool) -> tor
 
 
 def _single_block(
-    block: FluxSingleTransformerBlock, text_image, condition, temb, cond_temb, rotary_emb, image_lora: bool
+    block: FluxSingleTransformerBlock, text_image, condition, temb, cond_temb, rotary: _Rotary, image_lora: bool,
+    store: list | None = None,
 ):
     """FluxSingleTransformerBlock over [text; image] (B, L+N, C) and condition (B, N, C) tokens.
 
     Both groups use the same modules; the condition with LoRA and the ``cond_temb`` modulation.
+    ``store``: a list that gets the condition tokens' (keys, values) (condition cache).
     """
     attn = block.attn
     text_image_normed, (text_image_gate,) = _ada_norm(block.norm, text_image, temb, image_lora)
@@ -472,7 +540,8 @@ def _single_block(
     text_image_attn, condition_attn = _joint_attention(
         attn,
         [_image_side_qkv(attn, text_image_normed, image_lora), _image_side_qkv(attn, condition_normed, True)],
-        rotary_emb,
+        rotary.all,
+        store=store,
     )
     text_image_out = _single_block_output(block, text_image_normed, text_image_attn, image_lora)
     condition_out = _single_block_output(block, condition_normed, condition_attn, True)
@@ -485,3 +554,47 @@ def _single_block_output(block: FluxSingleTransformerBlock, x_normed, attn_out, 
     """``proj_out(cat(attention, gelu_tanh(proj_mlp(x_normed))))`` of a single block."""
     mlp = block.act_mlp(_linear(block.proj_mlp, x_normed, with_lora))
     return _linear(block.proj_out, torch.cat([attn_out, mlp], dim=2), with_lora)
+
+
+# ------------------------------------------------------------------------- condition cache steps
+
+
+def _joint_block_on_kept_condition(block: FluxTransformerBlock, text, image, temb, rotary: _Rotary, kept_kv,
+                                   image_lora: bool):
+    """:func:`_joint_block` for text and image tokens only, attending to kept condition keys/values."""
+    attn = block.attn
+    text_normed, text_modulation = _ada_norm(block.norm1_context, text, temb, False)
+    image_normed, image_modulation = _ada_norm(block.norm1, image, temb, image_lora)
+    text_attn, image_attn = _joint_attention(
+        attn, [_text_side_qkv(attn, text_normed), _image_side_qkv(attn, image_normed, image_lora)],
+        rotary.text_image, kept_kv=kept_kv,
+    )
+    text_attn = _linear(attn.to_add_out, text_attn, False)
+    image_attn = attn.to_out[1](_linear(attn.to_out[0], image_attn, image_lora))
+    text = _gated_residuals(text, text_attn, text_modulation, block.norm2_context, block.ff_context, False)
+    image = _gated_residuals(image, image_attn, image_modulation, block.norm2, block.ff, image_lora)
+    return text, image
+
+
+def _single_block_on_kept_condition(block: FluxSingleTransformerBlock, text_image, temb, rotary: _Rotary, kept_kv,
+                                    image_lora: bool):
+    """:func:`_single_block` for [text; image] tokens only, attending to kept condition keys/values."""
+    attn = block.attn
+    normed, (gate,) = _ada_norm(block.norm, text_image, temb, image_lora)
+    (attn_out,) = _joint_attention(attn, [_image_side_qkv(attn, normed, image_lora)], rotary.text_image,
+                                   kept_kv=kept_kv)
+    return text_image + gate[:, None] * _single_block_output(block, normed, attn_out, image_lora)
+
+
+def _first_block_condition_kv(block: FluxTransformerBlock, condition, cond_temb, rotary: _Rotary):
+    """The first joint block's condition keys/values (RoPE applied) from fresh condition tokens."""
+    normed, _ = _ada_norm(block.norm1, condition, cond_temb, True)
+    _, key, value = _image_side_qkv(block.attn, normed, True)
+    return apply_rotary_emb(key, rotary.condition, sequence_dim=1), value
+
+
+def _time_embedding(transformer, timestep, guidance, pooled_projections) -> torch.Tensor:
+    """``time_text_embed`` at ``timestep`` (x 1000), with ``guidance`` (x 1000) when the model has it. (B, inner)"""
+    if guidance is None:
+        return transformer.time_text_embed(timestep, pooled_projections)
+    return transformer.time_text_embed(timestep, guidance, pooled_projections)

@@ -83,25 +83,27 @@ def encode_mask_latents(vae, ids: np.ndarray, *, blank_tokens: torch.Tensor | No
     that is all background has a white background map; no mask has none), as in the reference's
     text-only inference."""
     ids = np.asarray(ids)
+    count = len(ids)
     conditions = condition_images(ids)  # (M, E, 3, H, W) uint8
     present = present_classes(ids)  # (M, C)
-    empty = None if empty is None else torch.as_tensor(np.asarray(empty, dtype=bool))
-    if empty is not None:
-        present[empty] = False
-    images = [conditions[:, 0], conditions[:, 1:][present]]  # (M, 3, H, W), (K, 3, H, W)
+    empty = torch.zeros(count, dtype=torch.bool) if empty is None else torch.as_tensor(np.asarray(empty, dtype=bool))
+    present[empty] = False
+    images = [conditions[:, 0][~empty], conditions[:, 1:][present]]  # (M - empty, 3, H, W), (K, 3, H, W)
     if blank_tokens is None:
         images.append(torch.zeros_like(conditions[:1, 0]))  # (1, 3, H, W): the blank map
-    tokens = encode_in_chunks(vae, torch.cat(images), chunk_size, fixed_shape=fixed_shape)  # (M + K [+ 1], N, D)
-    count, known = len(ids), int(present.sum())
+    images = torch.cat(images)
+    if len(images):
+        tokens = encode_in_chunks(vae, images, chunk_size, fixed_shape=fixed_shape)  # (M - empty + K [+ 1], N, D)
+    else:  # only empty masks, blank given: nothing for the VAE
+        tokens = blank_tokens.new_zeros((0, *blank_tokens.shape))
     if blank_tokens is None:
         blank_tokens = tokens[-1]
     blank_tokens = blank_tokens.to(tokens)
-    global_tokens = tokens[:count]
-    if empty is not None and bool(empty.any()):
-        global_tokens = global_tokens.clone()
-        global_tokens[empty.to(global_tokens.device)] = blank_tokens  # no global map either
+    given = count - int(empty.sum())
+    global_tokens = blank_tokens.expand(count, *blank_tokens.shape).clone()  # no global map for an empty mask
+    global_tokens[~empty.to(global_tokens.device)] = tokens[:given]
     return MaskLatents(global_tokens=global_tokens, local_present=present,
-                       local_tokens=tokens[count : count + known], blank_tokens=blank_tokens)
+                       local_tokens=tokens[given : given + int(present.sum())], blank_tokens=blank_tokens)
 
 
 @torch.no_grad()

@@ -295,27 +295,47 @@ class MoGLE(ModelMixin, ConfigMixin):
             over N for "scalar", ones for "none").
         """
         timestep = torch.as_tensor(timestep, device=noisy_tokens.device).reshape(-1)  # (B,)
-        batch = self._check_inputs(condition_tokens, noisy_tokens, timestep)
-        num_tokens = noisy_tokens.shape[1]
+        self._check_inputs(condition_tokens, noisy_tokens, timestep)
+        return self.mix(self.expert_outputs(condition_tokens), condition_tokens[:, GLOBAL_INDEX], noisy_tokens,
+                        timestep, return_gate_weights=return_gate_weights)
 
+    def expert_outputs(self, condition_tokens: torch.Tensor) -> torch.Tensor:
+        """The active experts' outputs (B, A, N, D) for condition tokens (B, E, N, D).
+
+        They depend on the mask only, not on x_t or t: generation computes them once per call and
+        :meth:`mix` them at every step (``forward`` = ``mix(expert_outputs(...), ...)``, the same ops).
+        """
         experts = self._experts()
-        if experts:
-            dtype = experts[0].net[0].weight.dtype
-            expert_outputs = torch.stack(
-                [
-                    expert(condition_tokens[:, index].to(dtype))
-                    for expert, index in zip(experts, self.expert_indices)
-                ],
-                dim=1,
-            )  # (B, A, N, D)
-        else:  # identity experts
-            expert_outputs = condition_tokens[:, self.expert_indices]  # (B, A, N, D)
+        if not experts:  # identity experts
+            return condition_tokens[:, self.expert_indices]  # (B, A, N, D)
+        dtype = experts[0].net[0].weight.dtype
+        return torch.stack(
+            [expert(condition_tokens[:, index].to(dtype)) for expert, index in zip(experts, self.expert_indices)],
+            dim=1,
+        )  # (B, A, N, D)
 
+    def mix(
+        self,
+        expert_outputs: torch.Tensor,
+        global_tokens: torch.Tensor,
+        noisy_tokens: torch.Tensor,
+        timestep: torch.Tensor,
+        return_gate_weights: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The gate's step: weigh precomputed :meth:`expert_outputs` (B, A, N, D) by the gate on the
+        global-mask tokens (B, N, D), x_t (B, N, D) and t (B,) or (1,). Returns what :meth:`forward` does."""
+        timestep = torch.as_tensor(timestep, device=noisy_tokens.device).reshape(-1)  # (B,)
+        num_tokens = noisy_tokens.shape[1]
+        try:
+            batch = torch.broadcast_shapes((expert_outputs.shape[0],), (noisy_tokens.shape[0],), (timestep.numel(),))[0]
+        except RuntimeError:
+            raise InputError(f"batch sizes do not broadcast: expert outputs {expert_outputs.shape[0]}, "
+                             f"noisy_tokens {noisy_tokens.shape[0]}, timestep {timestep.numel()}") from None
         if self.config.gating_mode == "none":
             output = expert_outputs.sum(dim=1)  # (B, N, D)
             weights = expert_outputs.new_ones(batch, num_tokens, len(self.expert_indices))  # (B, N, A)
         else:
-            weights = self.gating(condition_tokens[:, GLOBAL_INDEX], noisy_tokens, timestep)  # (B, N, A)
+            weights = self.gating(global_tokens, noisy_tokens, timestep)  # (B, N, A)
             if self.config.gating_mode == "scalar":
                 weights = weights.mean(dim=1, keepdim=True)  # (B, 1, A)
             per_expert = weights.permute(0, 2, 1).unsqueeze(-1)  # (B, A, N, 1) or (B, A, 1, 1)

@@ -41,8 +41,9 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from facemogle.condition import CONDITION_ADAPTER_NAME, load_condition_lora, save_condition_lora
-from facemogle.condition_tokens import MaskLatents, encode_mask_latents
+from facemogle.condition_tokens import MaskLatents, encode_blank, encode_mask_latents
 from facemogle.errors import InputError
+from facemogle.forward_cache import OFF, ForwardCache, cache_policy
 from facemogle.files import LORA_WEIGHT_NAME
 from facemogle.latents import decode_tokens, latent_image_ids, pack_latents, vae_downsample_factor
 from facemogle import patch_autoencoder  # noqa: F401  (diffusers loads only classes of imported modules)
@@ -50,7 +51,7 @@ from facemogle.masks import check_size, load_mask, resize_mask
 from facemogle.mogle import MoGLE
 from facemogle.provenance import mark_generated
 from facemogle.sampling import (Conditioning, StepHook, StepState, denoise, flux_timesteps, generators_for_call,
-                                guided_prediction, with_empty_mask)
+                                guided_prediction, with_empty_mask, with_expert_outputs)
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,11 @@ class FaceMoGLEPipeline(FluxPipeline):
     model_spec = "unknown"
     _callback_tensor_inputs = ["latents", "prompt_embeds", "noise_pred", "condition_tokens", "gate_weights"]
     _optional_components = ["image_encoder", "feature_extractor"]
+    #: The exact savings of a call (each leaves the output unchanged; ``facemogle bench generate``
+    #: turns them off one at a time to measure what each buys): "condition_images" (the blank map
+    #: encoded once per size and kept), "experts" (MoGLE's experts once per call, only the gate per
+    #: step), "step_invariants" (text embedding, rotary embedding, condition modulation once per call).
+    exact_savings: frozenset = frozenset({"condition_images", "experts", "step_invariants"})
 
     def __init__(
         self,
@@ -290,10 +296,29 @@ class FaceMoGLEPipeline(FluxPipeline):
 
     def encode_mask_latents(self, masks: list[MaskInput], height: int, width: int, order: str = "official") -> MaskLatents:
         """Masks -> :class:`facemogle.condition_tokens.MaskLatents` (global maps and present classes
-        encoded in batched VAE calls, the blank map once; ``None``: the empty mask, all maps blank)."""
+        encoded in batched VAE calls; ``None``: the empty mask, all maps blank). The blank map's
+        tokens are encoded once per size and autoencoder and kept (:meth:`blank_tokens`), so the
+        empty mask costs no VAE call at all."""
         ids = np.stack([self.mask_ids(m, height, width, order) for m in masks])  # (M, H, W)
         onload(self.vae)
-        return encode_mask_latents(self.vae, ids, chunk_size=VAE_CHUNK, empty=[m is None for m in masks])
+        blank = self.blank_tokens(height, width) if "condition_images" in self.exact_savings else None
+        return encode_mask_latents(self.vae, ids, chunk_size=VAE_CHUNK, empty=[m is None for m in masks],
+                                   blank_tokens=blank)
+
+    @torch.no_grad()
+    def blank_tokens(self, height: int, width: int) -> torch.Tensor:
+        """Tokens (N, D) of an all-black condition map at this size, encoded once and kept on the
+        pipeline (keyed by the autoencoder, its device, dtype and weights' versions: an in-place
+        change of its weights, e.g. training, encodes it again)."""
+        onload(self.vae)
+        parameters = list(self.vae.parameters())
+        key = (height, width, id(self.vae), str(self.vae.device), self.vae.dtype,
+               tuple(getattr(p, "_version", 0) for p in parameters), tuple(p.data_ptr() for p in parameters))
+        kept = getattr(self, "_blank_tokens", None)
+        if kept is None or kept[0] != key:
+            kept = (key, encode_blank(self.vae, height, width))
+            self._blank_tokens = kept
+        return kept[1]
 
     def prepare_latents(self, count: int, height: int, width: int, dtype: torch.dtype, device: torch.device,
                         generators: list[torch.Generator] | None, latents: torch.Tensor | None = None):
@@ -354,6 +379,8 @@ class FaceMoGLEPipeline(FluxPipeline):
         callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         step_hooks: Sequence[StepHook] = (),
+        condition_cache: str = OFF,
+        step_cache: str = OFF,
         watermark: bool = True,
     ):
         r"""Generate faces.
@@ -393,6 +420,15 @@ class FaceMoGLEPipeline(FluxPipeline):
                 A returned ``{"latents": ...}`` replaces the latents.
             step_hooks: :class:`facemogle.sampling.StepHook` objects run at every step (after the
                 callback), the hook point for features that change the denoising loop.
+            condition_cache: ``"off"`` (exact, the default), ``"every:K"``: the condition stream is
+                computed every K steps and its keys/values reused in between (an approximation,
+                since MoGLE's gate changes the condition tokens each step), ``"every:K+first"``: also
+                refresh the first block's condition keys/values each step. See
+                :mod:`facemogle.forward_cache` and the README's speed table for what each costs.
+            step_cache: ``"off"`` (exact) or ``"first-block:T"``: diffusers' first-block cache inside
+                the condition forward (steps whose first-block residual changed by less than T skip
+                the other blocks). diffusers' own ``transformer.enable_cache`` hooks cannot see the
+                condition forward's blocks and are refused.
             watermark: PIL outputs carry the invisible watermark and their generation parameters
                 (:mod:`facemogle.provenance`; images under 512 px are upscaled to 512 px to be
                 marked). ``False`` opts out: the images are the model's own, at the asked size.
@@ -421,6 +457,12 @@ class FaceMoGLEPipeline(FluxPipeline):
         if unknown:
             raise InputError(f"callback_on_step_end_tensor_inputs: unknown names {sorted(unknown)} "
                              f"(known: {', '.join(self._callback_tensor_inputs)})")
+        policy = cache_policy(condition_cache, step_cache)
+        if not policy.condition_stream and any(m is not None for m in masks):
+            raise InputError("condition_cache='none' runs no condition stream, so it takes no mask (text-only calls only)")
+        if getattr(self.transformer, "is_cache_enabled", False):
+            raise InputError("diffusers' transformer.enable_cache hooks do not see facemogle's condition forward; "
+                             "call transformer.disable_cache() and pass step_cache='first-block:T' instead")
         total = pairs * num_images_per_prompt
         generators = generators_for_call(seed, generator, total)
         device = self._execution_device
@@ -439,8 +481,11 @@ class FaceMoGLEPipeline(FluxPipeline):
         empty_prompt = (all_embeds[len(prompts):], all_pooled[len(prompts):]) if text_guided else None
 
         # 2. encode masks: once per call (with the empty mask, when mask guidance needs it)
-        encoded = self.encode_mask_latents(masks + [None] * mask_guided, height, width, mask_order).dense().to(device)
-        condition_latents = encoded[_per_image(len(masks), pairs, num_images_per_prompt)]  # (B, E, N, 64)
+        if policy.condition_stream:
+            encoded = self.encode_mask_latents(masks + [None] * mask_guided, height, width, mask_order).dense().to(device)
+            condition_latents = encoded[_per_image(len(masks), pairs, num_images_per_prompt)]  # (B, E, N, 64)
+        else:  # condition_cache="none": the base transformer alone
+            encoded, condition_latents = None, None
 
         # 3. prepare latents
         latents, image_ids = self.prepare_latents(total, height, width, prompt_embeds.dtype, device, generators, latents)
@@ -454,24 +499,29 @@ class FaceMoGLEPipeline(FluxPipeline):
         conditioning = Conditioning(condition_latents, prompt_embeds, pooled_prompt_embeds, image_ids, text_ids, guidance)
         if mask_guided:
             # (2B) batch: own masks, then the empty mask (with the empty prompt, for text guidance)
-            conditioning = with_empty_mask(conditioning, encoded[len(masks):], empty_prompt)
+            conditioning = with_empty_mask(conditioning, None if encoded is None else encoded[len(masks):], empty_prompt)
+        onload(self.mogle)
+        if "experts" in self.exact_savings:
+            conditioning = with_expert_outputs(self.mogle, conditioning)  # (B, A, N, D), once per call
+        cache = ForwardCache(policy) if "step_invariants" in self.exact_savings or not policy.exact else None
         predict = functools.partial(guided_prediction, self.transformer, self.mogle, conditioning=conditioning,
-                                    mask_guidance_scale=mask_guidance_scale if mask_guided else 1.0)
+                                    mask_guidance_scale=mask_guidance_scale if mask_guided else 1.0, cache=cache)
         hooks = [_CallbackHook(self, callback_on_step_end, callback_on_step_end_tensor_inputs, prompt_embeds),
                  *step_hooks]
-        onload(self.mogle)
         onload(self.transformer)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             latents = denoise(predict, self.scheduler, latents, timesteps, hooks=hooks,
                               progress_bar=progress_bar, interrupted=lambda: self.interrupt)
         self._current_timestep = None
+        self.forward_cache_counts = None if cache is None else dict(cache.counts)  # what the steps did
 
         # 5. decode
         images = self.decode_latents(latents, height, width, output_type)
         if output_type == "pil" and watermark:
             images = mark_generated(images, self.model_spec, seed=seed, steps=num_inference_steps, size=[width, height],
                                     prompts=[prompts[i] for i in prompt_index], guidance=guidance_scale,
-                                    mask_guidance=mask_guidance_scale, text_guidance=text_guidance)
+                                    mask_guidance=mask_guidance_scale, text_guidance=text_guidance,
+                                    **({} if policy.exact else {"condition_cache": condition_cache, "step_cache": step_cache}))
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)

@@ -32,6 +32,8 @@ import torch
 
 from facemogle.condition import condition_forward
 from facemogle.errors import InputError
+from facemogle.forward_cache import ForwardCache
+from facemogle.mogle import GLOBAL_INDEX
 
 
 @dataclass
@@ -40,7 +42,9 @@ class Conditioning:
 
     ``condition_latents`` (B, E, N, D) MoGLE input; ``prompt_embeds`` (B, L, Dt) T5;
     ``pooled_prompt_embeds`` (B, P) CLIP pooled; ``img_ids`` (N, 3), ``txt_ids`` (L, 3) rotary ids;
-    ``guidance`` (B,) FLUX guidance, or None for a transformer without a guidance embedding.
+    ``guidance`` (B,) FLUX guidance, or None for a transformer without a guidance embedding;
+    ``expert_outputs`` (B, A, N, D): MoGLE's experts on ``condition_latents`` when computed ahead
+    (:func:`with_expert_outputs`; they do not change between steps), else None.
     """
 
     condition_latents: torch.Tensor
@@ -49,6 +53,7 @@ class Conditioning:
     img_ids: torch.Tensor
     txt_ids: torch.Tensor
     guidance: torch.Tensor | None = None
+    expert_outputs: torch.Tensor | None = None
 
 
 @dataclass
@@ -63,18 +68,25 @@ class Prediction:
 
 
 def predict_velocity(transformer, mogle, latents: torch.Tensor, timestep: torch.Tensor, conditioning: Conditioning,
-                     *, return_gate_weights: bool = False) -> Prediction:
+                     *, return_gate_weights: bool = False, cache: ForwardCache | None = None) -> Prediction:
     """The single model prediction: MoGLE's condition tokens, then the transformer's velocity.
 
     Args:
         latents: (B, N, D) noisy latent tokens x_t. timestep: (B,) t in (0, 1].
-        conditioning: the batch's :class:`Conditioning`.
+        conditioning: the batch's :class:`Conditioning` (with ``expert_outputs``, only MoGLE's gate runs).
+        cache: the call's :class:`facemogle.forward_cache.ForwardCache` (None: compute everything).
     """
     mogle_dtype = mogle.dtype
-    mixed = mogle(conditioning.condition_latents.to(mogle_dtype), latents.to(mogle_dtype), timestep.to(mogle_dtype),
-                  return_gate_weights=return_gate_weights)
+    if conditioning.condition_latents is None:  # no condition stream: the base transformer alone
+        mixed = (None, None) if return_gate_weights else None
+    elif conditioning.expert_outputs is not None:
+        mixed = mogle.mix(conditioning.expert_outputs, conditioning.condition_latents[:, GLOBAL_INDEX].to(mogle_dtype),
+                          latents.to(mogle_dtype), timestep.to(mogle_dtype), return_gate_weights=return_gate_weights)
+    else:
+        mixed = mogle(conditioning.condition_latents.to(mogle_dtype), latents.to(mogle_dtype),
+                      timestep.to(mogle_dtype), return_gate_weights=return_gate_weights)
     tokens, gate_weights = mixed if return_gate_weights else (mixed, None)
-    tokens = tokens.to(latents.dtype)  # (B, N, D)
+    tokens = None if tokens is None else tokens.to(latents.dtype)  # (B, N, D)
     velocity = condition_forward(
         transformer,
         hidden_states=latents,
@@ -85,8 +97,18 @@ def predict_velocity(transformer, mogle, latents: torch.Tensor, timestep: torch.
         img_ids=conditioning.img_ids,
         txt_ids=conditioning.txt_ids,
         guidance=conditioning.guidance,
+        cache=cache,
     )
     return Prediction(velocity, tokens, gate_weights)
+
+
+@torch.no_grad()
+def with_expert_outputs(mogle, conditioning: Conditioning) -> Conditioning:
+    """``conditioning`` with MoGLE's expert outputs computed once (exact: the same ops as at every step)."""
+    if conditioning.condition_latents is None:
+        return conditioning
+    latents = conditioning.condition_latents.to(mogle.dtype)
+    return replace(conditioning, expert_outputs=mogle.expert_outputs(latents))
 
 
 def mask_guidance(with_mask: torch.Tensor, empty_mask: torch.Tensor, scale: float) -> torch.Tensor:
@@ -100,13 +122,15 @@ def with_empty_mask(conditioning: Conditioning, empty_latents: torch.Tensor,
     (``empty_latents`` (1 or B, E, N, D)) with the same text, or with ``empty_prompt`` (the empty
     prompt's (1, L, Dt) embeddings and (1, P) pooled embeddings) when the guidance is on the text
     too. Built once per call, not per step."""
-    own = conditioning.condition_latents
+    own = conditioning.condition_latents  # None: no condition stream (text guidance only)
     embeds, pooled = conditioning.prompt_embeds, conditioning.pooled_prompt_embeds
     if empty_prompt is None:
         other_embeds, other_pooled = embeds, pooled
     else:
         other_embeds, other_pooled = empty_prompt[0].expand_as(embeds), empty_prompt[1].expand_as(pooled)
-    return replace(conditioning, condition_latents=torch.cat([own, empty_latents.expand_as(own)]),
+    if conditioning.expert_outputs is not None:
+        raise InputError("with_empty_mask must come before with_expert_outputs")
+    return replace(conditioning, condition_latents=None if own is None else torch.cat([own, empty_latents.expand_as(own)]),
                    prompt_embeds=torch.cat([embeds, other_embeds]),
                    pooled_prompt_embeds=torch.cat([pooled, other_pooled]), guidance=_twice(conditioning.guidance))
 
@@ -116,18 +140,21 @@ def _twice(x: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def guided_prediction(transformer, mogle, latents: torch.Tensor, timestep: torch.Tensor, *, conditioning: Conditioning,
-                      mask_guidance_scale: float = 1.0, return_gate_weights: bool = True) -> Prediction:
+                      mask_guidance_scale: float = 1.0, return_gate_weights: bool = True,
+                      cache: ForwardCache | None = None) -> Prediction:
     """:func:`predict_velocity`, with mask guidance when ``mask_guidance_scale != 1``; then
-    ``conditioning`` must be the doubled batch of :func:`with_empty_mask`."""
+    ``conditioning`` must be the doubled batch of :func:`with_empty_mask`. ``cache``: the call's
+    :class:`facemogle.forward_cache.ForwardCache`, the same object at every step."""
     if mask_guidance_scale == 1.0:
         return predict_velocity(transformer, mogle, latents, timestep, conditioning,
-                                return_gate_weights=return_gate_weights)
+                                return_gate_weights=return_gate_weights, cache=cache)
     both = predict_velocity(transformer, mogle, torch.cat([latents, latents]), torch.cat([timestep, timestep]),
-                            conditioning, return_gate_weights=return_gate_weights)
+                            conditioning, return_gate_weights=return_gate_weights, cache=cache)
     with_mask, empty_mask = both.velocity.chunk(2)
     first = len(latents)
     weights = None if both.gate_weights is None else both.gate_weights[:first]
-    return Prediction(mask_guidance(with_mask, empty_mask, mask_guidance_scale), both.condition_tokens[:first], weights)
+    tokens = None if both.condition_tokens is None else both.condition_tokens[:first]
+    return Prediction(mask_guidance(with_mask, empty_mask, mask_guidance_scale), tokens, weights)
 
 
 def flux_timesteps(scheduler, num_inference_steps: int, num_tokens: int, device) -> torch.Tensor:

@@ -38,21 +38,21 @@ def test_one_step_per_denoising_step_with_weights_that_sum_to_one(pipe, example_
 def test_the_recorded_weights_are_the_gate_output(pipe, example_mask_ids):
     """The weights the gate applied at each step, whether read as a step hook or as diffusers' callback."""
     seen = []
-    mogle_forward = pipe.mogle.forward
+    mogle_mix = pipe.mogle.mix  # the gate's step (the experts run once per call)
 
-    def spy(condition_tokens, noisy_tokens, timestep, **kwargs):
-        out = mogle_forward(condition_tokens, noisy_tokens, timestep, **kwargs)
-        _, weights = mogle_forward(condition_tokens, noisy_tokens, timestep, return_gate_weights=True)
+    def spy(expert_outputs, global_tokens, noisy_tokens, timestep, **kwargs):
+        out = mogle_mix(expert_outputs, global_tokens, noisy_tokens, timestep, **kwargs)
+        _, weights = mogle_mix(expert_outputs, global_tokens, noisy_tokens, timestep, return_gate_weights=True)
         seen.append((float(timestep.reshape(-1)[0]), weights.mean(dim=(0, 1))))
         return out
 
     hook, callback = GateRecorder(pipe.mogle), GateRecorder(pipe.mogle)
-    pipe.mogle.forward = spy
+    pipe.mogle.mix = spy
     try:
         pipe(mask=example_mask_ids, num_inference_steps=2, height=64, width=64, seed=0, output_type="latent",
              step_hooks=[hook], callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["gate_weights"])
     finally:
-        pipe.mogle.forward = mogle_forward
+        del pipe.mogle.mix
     assert len(seen) == len(hook.steps) == len(callback.steps) == 2
     for (t, weights), a, b in zip(seen, hook.steps, callback.steps):
         torch.testing.assert_close(torch.tensor(a.mean_weights), weights)
