@@ -35,35 +35,63 @@ def time_call(call: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def bench_pipeline(pipe, *, size: int, steps: int, runs: int, mask=EXAMPLE_MASK, prompt: str = DEFAULT_PROMPT,
-                   seed: int = 0) -> dict[str, list[float]]:
-    """Seconds of each timed call per variant, after one warm-up call of each.
-
-    Returns:
-        ``{"mask+text": [runs floats], "text-only": [runs floats]}``.
-    """
+def time_variants(calls: dict[str, Callable[[], object]], runs: int) -> dict[str, list[float]]:
+    """Seconds of ``runs`` timed calls of each variant, after one untimed warm-up call of each; the
+    variants alternate within a run, so a change of the machine's load hits all alike."""
     if runs < 1:
         raise InputError(f"runs must be >= 1, got {runs}")
+    for call in calls.values():  # warm-up: first-call allocations, lazy imports, oneDNN kernel choice
+        call()
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(runs):
+        for name, call in calls.items():
+            seconds[name].append(time_call(call))
+    return seconds
+
+
+def bench_pipeline(pipe, *, size: int, steps: int, runs: int, mask=EXAMPLE_MASK, prompt: str = DEFAULT_PROMPT,
+                   seed: int = 0, cache_settings: dict[str, dict] | None = None,
+                   exact_savings: bool = False) -> dict[str, list[float]]:
+    """Seconds of each timed call per variant, after one warm-up call of each.
+
+    Variants: "mask+text" and "text-only" (exact); with ``cache_settings`` (name -> pipeline keyword
+    arguments) also "base text-only" (``condition_cache="none"``: no condition stream) and one
+    mask+text variant per setting; with ``exact_savings`` the exact mask+text call with all of the
+    pipeline's exact savings off ("no exact savings") and with each one off ("without <saving>").
+
+    Returns:
+        ``{variant: [runs floats]}``.
+    """
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}")
-    masks = {"mask+text": mask, "text-only": None}
 
-    def call(variant: str):
-        return pipe(mask=masks[variant], prompt=prompt, height=size, width=size, num_inference_steps=steps,
-                    seed=seed, output_type="pil")
+    def call(variant_mask, savings=None, **kwargs):
+        def run():
+            if savings is not None:
+                pipe.exact_savings = savings
+            try:
+                return pipe(mask=variant_mask, prompt=prompt, height=size, width=size, num_inference_steps=steps,
+                            seed=seed, output_type="pil", **kwargs)
+            finally:
+                if savings is not None:
+                    del pipe.exact_savings
+        return run
 
-    for variant in VARIANTS:  # warm-up: first-call allocations, lazy imports, oneDNN kernel choice
-        call(variant)
-    seconds: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
-    for _ in range(runs):
-        for variant in VARIANTS:
-            seconds[variant].append(time_call(lambda: call(variant)))
-    return seconds
+    calls = {"mask+text": call(mask), "text-only": call(None)}
+    if cache_settings is not None:
+        calls["base text-only"] = call(None, condition_cache="none")
+        calls.update({name: call(mask, **kwargs) for name, kwargs in cache_settings.items()})
+    if exact_savings:
+        every = type(pipe).exact_savings
+        calls["no exact savings"] = call(mask, savings=frozenset())
+        calls.update({f"without {saving}": call(mask, savings=every - {saving}) for saving in sorted(every)})
+    return time_variants(calls, runs)
 
 
 def bench_generate(spec: str = "tiny-random", *, size: int = 128, steps: int = 20, runs: int = 5,
                    threads: int | None = None, spec_options: dict | None = None, mask=EXAMPLE_MASK,
-                   prompt: str = DEFAULT_PROMPT) -> dict:
+                   prompt: str = DEFAULT_PROMPT, caches: bool = False, quality_data=None, quality_masks: int = 0,
+                   quality_split: str = "val", cache_settings: dict[str, dict] | None = None) -> dict:
     """Build ``spec`` on the CPU and time generation; returns a JSON-able report.
 
     Args:
@@ -73,6 +101,13 @@ def bench_generate(spec: str = "tiny-random", *, size: int = 128, steps: int = 2
         runs: timed calls per variant (the median is reported).
         threads: torch CPU threads (None: leave torch's setting).
         spec_options: build options of the spec (e.g. ``{"path": ...}`` for ``saved``).
+        caches: also time the base model's text-only call, every cache setting and the exact
+            savings (each off in turn); the report gets ``mask_overhead``, ``exact_savings`` and
+            ``cache_settings``.
+        quality_data, quality_masks, quality_split: with ``quality_masks`` > 0, each cache setting's
+            quality change vs exact on that many masks of ``quality_split`` of the dataset folder
+            ``quality_data`` (:func:`cache_quality`).
+        cache_settings: name -> pipeline keyword arguments (default :data:`CACHE_SETTINGS`).
     """
     from facemogle.specs import load_pipeline
 
@@ -82,13 +117,16 @@ def bench_generate(spec: str = "tiny-random", *, size: int = 128, steps: int = 2
         torch.set_num_threads(threads)
     if runs < 1:
         raise InputError(f"runs must be >= 1, got {runs}")
+    settings = CACHE_SETTINGS if cache_settings is None else cache_settings
+    records = quality_records(quality_data, quality_masks, quality_split) if quality_masks else None
     started = time.perf_counter()
     pipe = load_pipeline(spec, **(spec_options or {}))
     load_seconds = time.perf_counter() - started
     pipe.set_progress_bar_config(disable=True)
     if size % pipe.size_multiple:
         raise InputError(f"size {size} is not a multiple of {pipe.size_multiple}")
-    seconds = bench_pipeline(pipe, size=size, steps=steps, runs=runs, mask=mask, prompt=prompt)
+    seconds = bench_pipeline(pipe, size=size, steps=steps, runs=runs, mask=mask, prompt=prompt,
+                             cache_settings=settings if caches else None, exact_savings=caches)
     report = {
         "model": spec,
         "size": size,
@@ -104,12 +142,142 @@ def bench_generate(spec: str = "tiny-random", *, size: int = 128, steps: int = 2
                                             ("vae", pipe.vae), ("text_encoder", pipe.text_encoder),
                                             ("text_encoder_2", pipe.text_encoder_2))},
     }
-    for variant, values in seconds.items():
+    for variant in VARIANTS:
         key = variant.replace("+", "_").replace("-", "_")  # mask_text, text_only
-        report[f"{key}_median_s"] = round(statistics.median(values), 4)
-        report[f"{key}_min_s"] = round(min(values), 4)
-        report[f"{key}_runs_s"] = [round(v, 4) for v in values]
+        report[f"{key}_median_s"] = _median(seconds[variant])
+        report[f"{key}_min_s"] = round(min(seconds[variant]), 4)
+        report[f"{key}_runs_s"] = [round(v, 4) for v in seconds[variant]]
+    if caches:
+        report.update(cache_report(seconds, settings))
+    if records:
+        quality = cache_quality(pipe, records, settings, size=size, steps=steps)
+        report["quality"] = quality
+        for name, entry in report.get("cache_settings", {}).items():
+            entry["quality"] = quality["settings"][name]
     return report
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 4)
+
+
+#: The approximate settings ``facemogle bench generate`` measures: name -> pipeline keyword arguments.
+CACHE_SETTINGS: dict[str, dict] = {
+    "condition every:2": {"condition_cache": "every:2"},
+    "condition every:4": {"condition_cache": "every:4"},
+    "condition every:4+first": {"condition_cache": "every:4+first"},
+    "condition every:10+first": {"condition_cache": "every:10+first"},
+    "step first-block:0.1": {"step_cache": "first-block:0.1"},
+    "step first-block:0.2": {"step_cache": "first-block:0.2"},
+}
+
+
+def cache_report(seconds: dict[str, list[float]], settings: dict[str, dict]) -> dict:
+    """The timing part of the cache report from :func:`bench_pipeline`'s seconds.
+
+    ``mask_overhead``: mask+text and text-only (both exact) over the base model's text-only call (no
+    condition stream). ``exact_savings``: the exact call with every saving, with none, and with each
+    one off, and the seconds each saving buys. ``cache_settings``: per setting its median, the speed-up
+    over exact mask+text and its overhead over the exact text-only call and over the base model.
+    """
+    exact, text_only, base = (statistics.median(seconds[v]) for v in ("mask+text", "text-only", "base text-only"))
+    savings = sorted(name.removeprefix("without ") for name in seconds if name.startswith("without "))
+    report = {
+        "base_text_only_median_s": round(base, 4),
+        "mask_overhead": {"mask_text_vs_base": round(exact / base, 3), "text_only_vs_base": round(text_only / base, 3),
+                          "mask_text_vs_text_only": round(exact / text_only, 3)},
+        "exact_savings": {
+            "all_on_median_s": round(exact, 4),
+            "all_off_median_s": _median(seconds["no exact savings"]),
+            "speedup_all": round(statistics.median(seconds["no exact savings"]) / exact, 3),
+            "saved_s": {name: round(statistics.median(seconds[f"without {name}"]) - exact, 4) for name in savings},
+        },
+        "cache_settings": {},
+    }
+    for name, kwargs in settings.items():
+        median = statistics.median(seconds[name])
+        report["cache_settings"][name] = {
+            "arguments": kwargs, "mask_text_median_s": round(median, 4), "speedup_vs_exact": round(exact / median, 3),
+            "overhead_vs_text_only": round(median / text_only, 3), "overhead_vs_base": round(median / base, 3)}
+    return report
+
+
+def quality_records(data, count: int, split: str = "val") -> list:
+    """The first ``count`` faces (photo + mask) of ``split`` ("val" or "train") of a dataset folder, by
+    the recipe's split rule (:func:`facemogle.data.datasets.index_dataset`)."""
+    from pathlib import Path
+
+    from facemogle.data.datasets import index_dataset
+
+    if split not in ("val", "train"):
+        raise InputError(f"quality split must be val or train, got {split!r}")
+    if data is None or not Path(data).is_dir():
+        raise InputError(f"quality data folder {data} does not exist (the masks of the cache quality check)")
+    index = index_dataset(data, layout="folder")
+    stems = list(index.splits[split])
+    if len(stems) < count:
+        raise InputError(f"{data} has {len(stems)} {split} faces, fewer than the {count} asked for")
+    return [index.records[stem] for stem in stems[:count]]
+
+
+def cache_quality(pipe, records: list, settings: dict[str, dict], *, size: int, steps: int, seed: int = 0,
+                  parser=None, progress: bool = True) -> dict:
+    """Each cache setting's images vs the exact ones, one image per face (batch 1, as the timings).
+
+    Each face: its mask resized to ``size``, a caption of its photo by the project's captioner
+    (:func:`facemogle.data.captions.describe` + ``phrase``) as the prompt, seed ``seed + i``. Reported
+    for exact and each setting: ``miou`` (the shipped parser on the generated faces vs their masks),
+    ``miou_ratio`` (over the parser's mIoU on the real photos at full size, the validation ratio),
+    ``fid_style`` (Frechet distance of parser features, generated vs the real photos at ``size``);
+    and per setting ``miou_ratio_change`` and ``fid_style_change`` (relative) vs exact, and the
+    ``mean_pixel_difference`` / ``max_pixel_difference`` (0..255) from the exact images.
+    """
+    import numpy as np
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from facemogle.data.captions import describe, phrase
+    from facemogle.eval.metrics import confusion_matrix, frechet_distance
+    from facemogle.eval.tiny_model_report import full_size_confusion, mean_iou
+    from facemogle.labels import NUM_CLASSES
+    from facemogle.masks import load_mask, resize_mask
+
+    if parser is None:
+        from facemogle.parser import load_parser
+
+        parser = load_parser(None)
+    masks = [resize_mask(load_mask(r.mask), size) for r in records]
+    prompts = [phrase(describe(Image.open(r.image).convert("RGB"), load_mask(r.mask)), n=1, seed=0)[0] for r in records]
+    real = [Image.open(r.image).convert("RGB").resize((size, size), Image.Resampling.LANCZOS) for r in records]
+    real_miou = mean_iou(full_size_confusion(parser, records))
+
+    def features(pictures):
+        return torch.cat([parser.image_features(pictures[i : i + 8]) for i in range(0, len(pictures), 8)]).numpy()
+
+    real_features = features(real)
+    results, pixels = {}, {}
+    for name, kwargs in {"exact": {}, **settings}.items():
+        images = []
+        for i, (mask, prompt) in enumerate(tqdm(list(zip(masks, prompts)), desc=f"quality: {name}", unit="face",
+                                                disable=not progress)):
+            images.append(pipe(mask=mask, prompt=prompt, height=size, width=size, num_inference_steps=steps,
+                               seed=seed + i, watermark=False, **kwargs).images[0])
+        confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+        for picture, mask in zip(images, masks):
+            confusion += confusion_matrix(parser.parse(picture), mask)
+        miou = mean_iou(confusion)
+        pixels[name] = np.stack([np.asarray(picture, dtype=np.int16) for picture in images])
+        results[name] = {"miou": round(miou, 4), "miou_ratio": round(miou / real_miou, 4),
+                         "fid_style": round(frechet_distance(features(images), real_features), 4)}
+    exact = results["exact"]
+    for name in settings:
+        entry, difference = results[name], np.abs(pixels[name] - pixels["exact"])
+        entry["miou_ratio_change"] = round(entry["miou_ratio"] - exact["miou_ratio"], 4)
+        entry["fid_style_change"] = round(entry["fid_style"] / exact["fid_style"] - 1, 4)
+        entry["mean_pixel_difference"] = round(float(difference.mean()), 3)
+        entry["max_pixel_difference"] = int(difference.max())
+    return {"faces": len(records), "real_full_size_miou": round(real_miou, 4), "exact": exact,
+            "settings": {name: results[name] for name in settings}}
 
 
 #: One core's worth of work for :func:`bench_thread_policy` (pure Python: no OpenMP of its own).

@@ -339,7 +339,8 @@ def condition_forward(
         capture(f"block{index}.hidden_states", image)
         if index == 0 and cache.policy.first_block_threshold > 0:
             head_image, head_residual = image, image - image_in
-            if cache.skip_blocks(head_residual):
+            skipped = cache.rows_to_skip(head_residual)  # (B,) bool or None
+            if skipped is not None and bool(skipped.all()):
                 cache.counts["blocks_skipped"] += 1
                 return transformer.proj_out(transformer.norm_out(head_image + cache.tail_residual, temb))
 
@@ -364,7 +365,10 @@ def condition_forward(
             cache.condition_kv, cache.since_condition = stored, 0
     image = text_image[:, text_len:]
     if head_image is not None:  # step cache: what the blocks after the first added
-        cache.head_residual, cache.tail_residual = head_residual, image - head_image
+        cache.keep_residuals(head_residual, image - head_image, skipped)
+        if skipped is not None and bool(skipped.any()):  # those rows take their kept residual
+            cache.rows_skipped += int(skipped.sum())
+            image = torch.where(skipped[:, None, None], head_image + cache.tail_residual, image)
     image = transformer.norm_out(image, temb)  # condition tokens are dropped here
     capture("norm_out", image)
     return transformer.proj_out(image)

@@ -98,7 +98,7 @@ def cache_policy(condition_cache: str | None = OFF, step_cache: str | None = OFF
 class ForwardCache:
     """The state of one call's denoising (see the module docstring); ``counts`` says what each step did:
     ``full`` (everything computed), ``condition_reused`` (text + image tokens on kept condition
-    keys/values), ``blocks_skipped`` (first block only, step cache)."""
+    keys/values), ``blocks_skipped`` (first block only for every row, step cache)."""
 
     policy: CachePolicy = field(default_factory=CachePolicy)
     invariants: dict | None = None
@@ -108,6 +108,7 @@ class ForwardCache:
     head_residual: torch.Tensor | None = None  # the first block's image residual at the last full step
     tail_residual: torch.Tensor | None = None  # what the other blocks added to the image tokens then
     counts: dict = field(default_factory=lambda: {"full": 0, "condition_reused": 0, "blocks_skipped": 0})
+    rows_skipped: int = 0  # rows (images) that took the kept residual in a step that computed others
 
     def step_invariants(self, key: tuple, compute) -> dict:
         """The step-independent tensors for inputs identified by ``key`` (computed once per key)."""
@@ -121,10 +122,24 @@ class ForwardCache:
         kept = self.condition_kv is not None and self.condition_kv[0][0].shape[0] == batch
         return every > 1 and kept and self.since_condition < every - 1
 
-    def skip_blocks(self, head_residual: torch.Tensor) -> bool:
-        """Step cache: whether the first block's residual changed less than the threshold."""
+    def rows_to_skip(self, head_residual: torch.Tensor) -> torch.Tensor | None:
+        """Step cache: (B,) bool, the rows whose first-block residual changed by less than the
+        threshold since their last full step (None: nothing to compare with). Decided per row, so an
+        image's steps do not depend on the rest of its batch."""
         threshold = self.policy.first_block_threshold
         if threshold <= 0 or self.head_residual is None or self.head_residual.shape != head_residual.shape:
-            return False
-        change = (head_residual - self.head_residual).abs().mean() / self.head_residual.abs().mean().clamp_min(1e-12)
-        return bool(change < threshold)
+            return None
+        dims = tuple(range(1, head_residual.ndim))
+        change = ((head_residual - self.head_residual).abs().mean(dim=dims)
+                  / self.head_residual.abs().mean(dim=dims).clamp_min(1e-12))  # (B,)
+        return change < threshold
+
+    def keep_residuals(self, head_residual: torch.Tensor, tail_residual: torch.Tensor,
+                       skipped: torch.Tensor | None) -> None:
+        """After a full step: the rows that were computed keep their new residuals."""
+        if skipped is None or self.head_residual is None:
+            self.head_residual, self.tail_residual = head_residual, tail_residual
+            return
+        keep = skipped[:, None, None]
+        self.head_residual = torch.where(keep, self.head_residual, head_residual)
+        self.tail_residual = torch.where(keep, self.tail_residual, tail_residual)

@@ -64,6 +64,16 @@ def denormalise_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     return latents / vae.config.scaling_factor + shift
 
 
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where ``module`` computes: the execution device of accelerate's offloading hooks if it has
+    them (its weights may then sit on ``meta`` or the CPU), else the device of its weights."""
+    for part in module.modules():
+        device = getattr(getattr(part, "_hf_hook", None), "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    return next(module.parameters()).device
+
+
 @torch.no_grad()
 def encode_images(vae, images: torch.Tensor, *, chunk_size: int = 32) -> torch.Tensor:
     """Encode images in [0, 1] to normalised, packed latent tokens, deterministically.
@@ -78,8 +88,7 @@ def encode_images(vae, images: torch.Tensor, *, chunk_size: int = 32) -> torch.T
     """
     if images.dtype == torch.uint8:
         images = images.float() / 255.0
-    param = next(vae.parameters())
-    pixels = (images * 2.0 - 1.0).to(device=param.device, dtype=param.dtype)  # (B, 3, H, W) in [-1, 1]
+    pixels = (images * 2.0 - 1.0).to(device=execution_device(vae), dtype=vae.dtype)  # (B, 3, H, W) in [-1, 1]
     means = [vae.encode(part).latent_dist.mode() for part in pixels.split(chunk_size)]
     latents = normalise_latents(vae, torch.cat(means))  # (B, C, h, w)
     return pack_latents(latents)

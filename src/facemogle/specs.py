@@ -70,13 +70,33 @@ def get_spec(name: str) -> ModelSpec:
         raise InputError(f"unknown model {name!r}; known models: {', '.join(_REGISTRY)}") from None
 
 
-def load_pipeline(name: str, **options):
+def load_pipeline(name: str, *, offload: str | None = None, quantize: str | None = None, **options):
     """Build the pipeline of the spec ``name`` (see :func:`available_specs`); a ``device`` option
-    is checked first (:func:`check_device`)."""
+    is checked first (:func:`check_device`).
+
+    ``offload`` ("model", "sequential", "group") and ``quantize`` ("fp8", "int8", "nf4"): the
+    low-memory modes of :mod:`facemogle.low_memory`, checked before anything loads. With offloading
+    the models are built in CPU memory (in the device's dtype) and the hooks move them to ``device``.
+    """
     spec = get_spec(name)
     if options.get("device") is not None:
         options["device"] = check_device(options["device"])
-    pipe = spec.build(**options)
+    if offload is not None or quantize is not None:
+        from facemogle.low_memory import apply_low_memory, check_low_memory
+
+        device = options.get("device") or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        check_low_memory(offload, quantize, device)
+        if quantize == "nf4":
+            if name != "flux-dev":
+                raise InputError(f"--quantize nf4 happens while the weights load: flux-dev only, not {name}")
+            options["quantization"] = "nf4"
+        if offload is not None:
+            options.setdefault("dtype", default_dtype(device))
+            options["device"] = torch.device("cpu")
+        pipe = spec.build(**options)
+        apply_low_memory(pipe, offload=offload, quantize=None if quantize == "nf4" else quantize, device=device)
+    else:
+        pipe = spec.build(**options)
     pipe.model_spec = name
     return pipe
 
@@ -149,6 +169,7 @@ def build_flux_dev(
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    quantization: str | None = None,
 ):
     """FLUX.1-dev with Face-MoGLE.
 
@@ -160,6 +181,8 @@ def build_flux_dev(
             ``lora`` and ``mogle``.
         device: where to put the models (default: CUDA if available, else CPU).
         dtype: default bfloat16 on CUDA, float32 on CPU.
+        quantization: "nf4": the transformer in bitsandbytes nf4 as it loads (CUDA; see
+            :mod:`facemogle.low_memory`).
     """
     from diffusers import FluxPipeline
 
@@ -177,7 +200,12 @@ def build_flux_dev(
     if not local and looks_like_path:
         raise CheckpointError(f"base model directory {base_str} does not exist")
     try:
-        flux = FluxPipeline.from_pretrained(base_str, torch_dtype=dtype)
+        extra = {}
+        if quantization == "nf4":
+            from facemogle.low_memory import nf4_quantization_config
+
+            extra["quantization_config"] = nf4_quantization_config(dtype)
+        flux = FluxPipeline.from_pretrained(base_str, torch_dtype=dtype, **extra)
     except (OSError, ValueError, EnvironmentError) as err:
         where = "directory" if local else "hub id (is it downloaded, and are you online?)"
         raise CheckpointError(f"could not load the FLUX base model from {where} {base_str}: {err}") from err

@@ -204,8 +204,11 @@ def test_resume_generates_only_the_missing_images(dataset, tiny_pipe, tmp_path):
     kept = {stem: (tmp_path / f"{stem}.png").stat().st_mtime_ns for stem in TEST_IDS if stem != "27003"}
 
     spy = SpyPipeline(tiny_pipe)
+    before = (tmp_path / "27000.png").read_bytes()  # 27003's batch partner
     assert generate_images(lambda: spy, images, "mask", settings, tmp_path, progress=False) == ["27003"]
-    assert spy.seeds() == [PAPER_SEED + 27003]
+    # its batch is made whole again (the same batch as an uninterrupted run), only 27003 is written
+    assert spy.seeds() == [PAPER_SEED + 27000, PAPER_SEED + 27003]
+    assert (tmp_path / "27000.png").read_bytes() == before
     assert spy.calls[0]["prompt"] is None  # mask only: the empty prompt
     assert {stem: (tmp_path / f"{stem}.png").stat().st_mtime_ns for stem in kept} == kept
     assert not any(path.name.startswith(".") for path in tmp_path.iterdir())  # no partial files left
@@ -327,3 +330,20 @@ def test_protocol_errors_are_one_line_messages_before_any_generation(case, datas
     assert error.startswith("facemogle evaluate: error: ") and message in error
     assert error.count("\n") == 1
     assert spy.loads == [] and not (tmp_path / "work").exists()
+
+
+def test_two_launched_processes_share_the_protocol_and_match_one(dataset, tmp_path):
+    """accelerate launch with two CPU processes: each makes its batches, the main one evaluates; the
+    images and the report's numbers are those of a single process."""
+    from launch import run_facemogle
+
+    single, shared = tmp_path / "single", tmp_path / "shared"
+    extra = ("--batch-size", "1", "--metrics", "miou")
+    run_facemogle(protocol_arguments(dataset, single, *extra))
+    run_facemogle(protocol_arguments(dataset, shared, *extra), processes=2)
+    for stem in TEST_IDS:
+        name = f"mask-text/{GENERATED_FOLDER}/{stem}.png"
+        assert np.array_equal(pixels(single / name), pixels(shared / name)), stem
+    one, two = (json.loads((work / "eval.json").read_text())["runs"][0] for work in (single, shared))
+    assert one["metrics"] == two["metrics"] and two["inputs"]["num_images"] == len(TEST_IDS)
+    assert two["protocol"]["generated_this_run"] == 2  # the main process's share: batches 1 and 3 of 3

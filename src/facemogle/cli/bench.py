@@ -63,17 +63,32 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--busy-core", action="store_true",
                    help="also time it in fresh processes, quiet and beside a process keeping one core busy, with "
                         "facemogle's thread policy (facemogle.cpu_threads) and with torch's defaults")
+    p.add_argument("--caches", action="store_true",
+                   help="also time the base model's text-only call (no condition stream), every cache setting "
+                        "(condition_cache / step_cache) and the exact savings one by one")
+    p.add_argument("--quality-masks", type=int, default=0, metavar="N",
+                   help="with --caches: each cache setting's quality change vs exact on N faces (50 or more for the "
+                        "README's table; default 0: none)")
+    p.add_argument("--quality-data", default="../shared/data/celebamask-hq-mini", metavar="DIR",
+                   help="dataset folder of those faces (default ../shared/data/celebamask-hq-mini)")
+    p.add_argument("--quality-split", choices=["val", "train"], default="val",
+                   help="which split's faces (default val; train to choose settings without looking at val)")
 
 
 def _bench_generate(args: argparse.Namespace) -> dict:
+    from facemogle.errors import InputError
     from facemogle.bench_generate import DEFAULT_PROMPT, bench_generate
     from facemogle.specs import DEFAULT_MODEL, checkpoint_spec
 
     spec, options = args.model or DEFAULT_MODEL, {}
     if Path(spec).is_dir():
         spec, options = checkpoint_spec(spec)
+    if args.quality_masks and not args.caches:
+        raise InputError("--quality-masks needs --caches (it measures the cache settings)")
     report = bench_generate(spec, size=args.size, steps=args.steps, runs=args.runs, threads=args.threads,
-                            spec_options=options, prompt=args.prompt if args.prompt is not None else DEFAULT_PROMPT)
+                            spec_options=options, prompt=args.prompt if args.prompt is not None else DEFAULT_PROMPT,
+                            caches=args.caches, quality_data=args.quality_data, quality_masks=args.quality_masks,
+                            quality_split=args.quality_split)
     if options:
         report["model_path"] = str(args.model)
     if args.busy_core:
@@ -179,7 +194,7 @@ BENCHMARKS = {
 #: Bounds of the benchmarks' numeric options, by attribute name (each benchmark has some of them).
 OPTION_BOUNDS = {"steps": (1, 1000), "resolution": (16, 1024), "batch_size": (1, 64), "samples": (1, 10_000),
                  "threads": (1, 256), "size": (16, 2048), "runs": (1, 100), "per_kind": (1, 1000),
-                 "amount": (0, 512), "faces": (1, 100_000)}
+                 "amount": (0, 512), "faces": (1, 100_000), "quality_masks": (0, 10_000)}
 
 
 def check_arguments(args: argparse.Namespace) -> None:

@@ -286,5 +286,7 @@ def run_protocol(args: argparse.Namespace) -> int:
     )
     evaluation = _evaluation_settings(args, args.metrics or DEFAULT_PROTOCOL_METRICS, 0)
     result = paper_protocol.run_protocol(settings, evaluation)
+    if result.get("main_process") is False:  # under accelerate launch: the main process reports
+        return 0
     _write(result, paper_protocol.render_protocol_markdown(result), output, table_path)
     return 0

@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from facemogle import __version__
+from facemogle import distributed
 from facemogle.errors import InputError
-from facemogle.files import atomic_write, atomic_write_text, files_by_stem, natural_key
+from facemogle.files import atomic_write_text, files_by_stem, natural_key
 
 #: The paper's inference setting (METHOD.md section 6).
 PAPER_NUM_STEPS = 28
@@ -256,8 +257,9 @@ def _existing_images(folder: Path) -> dict[str, Path]:
     return files_by_stem(folder) if folder.is_dir() else {}
 
 
-def prepare_mode_folder(folder: Path, manifest: dict, stems: list[str]) -> None:
-    """Create ``folder`` or check that it holds images of the same settings and selection.
+def prepare_mode_folder(folder: Path, manifest: dict, stems: list[str], *, write: bool = True) -> None:
+    """Create ``folder`` or check that it holds images of the same settings and selection
+    (``write=False``: only check; the other launched processes, while the main one writes).
 
     A manifest of other settings with no image made yet (a run that failed before its first image)
     is replaced: there is nothing for the new settings to disagree with.
@@ -285,14 +287,15 @@ def prepare_mode_folder(folder: Path, manifest: dict, stems: list[str]) -> None:
             f"{folder / GENERATED_FOLDER} holds {len(extra)} image(s) outside this selection ({_shown(extra)}), "
             "which would be evaluated too: use another --work-dir (or a larger --limit)"
         )
-    (folder / GENERATED_FOLDER).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(manifest_path, json.dumps({**manifest, "facemogle_version": __version__}, indent=2) + "\n")
+    if write:
+        (folder / GENERATED_FOLDER).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(manifest_path, json.dumps({**manifest, "facemogle_version": __version__}, indent=2) + "\n")
 
 
 def generate_images(
     pipeline: Callable[[], object], images: list[ProtocolImage], mode: GenerationMode | str,
     generation: GenerationSettings, output_dir: str | os.PathLike, *, progress: bool = True,
-    step_hooks: Sequence = (),
+    step_hooks: Sequence = (), processes=None, watermark: bool = False, call_options: dict | None = None,
 ) -> list[str]:
     """Generate ``output_dir/<id>.png`` for every image that has none yet; return the generated ids.
 
@@ -304,26 +307,44 @@ def generate_images(
     order of ``images``; each has its own seed (:func:`image_seed`), so neither order nor batching
     changes an image. Each file is written under a hidden name and renamed, so an interrupted run
     never leaves a truncated image behind.
+
+    ``processes``: a :class:`facemogle.distributed.Processes`; this process then makes every
+    ``count``-th batch (the batches of a single process, so each image is made in the same batch as
+    there; a batch with a missing image is made whole again, so a resumed image is bit for bit the
+    one an uninterrupted run makes). ``watermark``: mark the images (measured sets stay unmarked). ``call_options``: more
+    pipeline keywords (e.g. ``mask_guidance_scale``).
     """
     from tqdm.auto import tqdm
 
+    from facemogle.distributed import Processes
+    from facemogle.provenance import save_image
+
     mode = MODES[mode] if isinstance(mode, str) else mode
+    processes = processes or Processes()
     if generation.batch_size < 1:
         raise InputError(f"generation batch size must be >= 1, got {generation.batch_size}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    missing = [image for image in images if not (output_dir / f"{image.stem}{GENERATED_SUFFIX}").is_file()]
+    size = generation.batch_size
+    mine = processes.share([images[start : start + size] for start in range(0, len(images), size)])
+    exists = {image.stem for batch in mine for image in batch
+              if (output_dir / f"{image.stem}{GENERATED_SUFFIX}").is_file()}
+    # a batch with a missing image is made whole again (only the missing files are written): an image
+    # is then computed in the very batch it had in a run that was never interrupted, bit for bit
+    batches = [batch for batch in mine if any(image.stem not in exists for image in batch)]
+    missing = [image for batch in batches for image in batch if image.stem not in exists]
     if not missing:
         return []
     if mode.uses_text and any(image.sentence is None for image in missing):
         raise InputError(f"mode {mode.name} needs a caption for every image")
     pipe = pipeline()
     pipe.set_progress_bar_config(disable=True)  # one bar over the images instead of one per batch
-    bar = tqdm(total=len(images), initial=len(images) - len(missing), unit="image",
-               desc=f"generating ({mode.label})", disable=not progress)
+    total = sum(len(batch) for batch in mine)
+    where = f", {processes.describe()}" if processes.count > 1 else ""
+    bar = tqdm(total=total, initial=total - len(missing), unit="image",
+               desc=f"generating ({mode.label}{where})", disable=not progress)
     with bar:
-        for start in range(0, len(missing), generation.batch_size):
-            batch = missing[start : start + generation.batch_size]
+        for batch in batches:
             output = pipe(
                 mask=[image.mask for image in batch] if mode.uses_mask else None,
                 prompt=[image.sentence for image in batch] if mode.uses_text else None,
@@ -334,20 +355,23 @@ def generate_images(
                 guidance_scale=generation.guidance,
                 output_type="pil",
                 step_hooks=step_hooks,
-                watermark=False,  # images measured as the model made them; they stay in the work dir
+                watermark=watermark,  # measured images: as the model made them; they stay in the work dir
+                **(call_options or {}),
             )
-            for image, picture in zip(batch, output.images):
-                atomic_write(output_dir / f"{image.stem}{GENERATED_SUFFIX}",
-                             lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
-            bar.update(len(batch))
+            new = [(image, picture) for image, picture in zip(batch, output.images) if image.stem not in exists]
+            for image, picture in new:  # atomic; marked ones keep their parameters
+                save_image(picture, output_dir / f"{image.stem}{GENERATED_SUFFIX}")
+            bar.update(len(new))
     return [image.stem for image in missing]
 
 
 class _PipelineOnce:
-    """Loads the pipeline on the first call only (shared by the modes; never when all images exist)."""
+    """Loads the pipeline on the first call only (shared by the modes; never when all images exist).
+    Under a launcher each process loads it on its own device (unless one was given)."""
 
-    def __init__(self, generation: GenerationSettings):
+    def __init__(self, generation: GenerationSettings, processes=None):
         self.generation = generation
+        self.processes = processes
         self.pipe = None
 
     def __call__(self):
@@ -357,6 +381,8 @@ class _PipelineOnce:
             options = dict(self.generation.model_options)
             if self.generation.device:
                 options["device"] = self.generation.device
+            elif self.processes is not None and self.processes.device is not None:
+                options["device"] = self.processes.device
             self.pipe = specs.load_pipeline(self.generation.model, **options)
         return self.pipe
 
@@ -417,17 +443,23 @@ def run_protocol(settings: ProtocolSettings, evaluation, *, parser=None) -> dict
         )
         check_settings(mode_evaluation, metrics)
         plans.append((mode, folder, mode_evaluation, generation_manifest(protocol, mode, data_dir, generation)))
+    processes = distributed.processes()  # under accelerate launch: this process's share of the images
     for mode, folder, _, manifest in plans:
-        prepare_mode_folder(folder, manifest, stems)
+        prepare_mode_folder(folder, manifest, stems, write=processes.is_main)
+    processes.wait()
 
-    pipeline = _PipelineOnce(generation)
+    pipeline = _PipelineOnce(generation, processes)
     reports = []
     for mode, folder, mode_evaluation, manifest in plans:
-        if needs_sentences:
+        if needs_sentences and processes.is_main:
             prompts = {image.stem: image.sentence for image in images}
             atomic_write_text(folder / PROMPTS_NAME, json.dumps(prompts, indent=2, ensure_ascii=False) + "\n")
         generated = generate_images(pipeline, images, mode, generation, folder / GENERATED_FOLDER,
-                                    progress=settings.progress)
+                                    progress=settings.progress, processes=processes)
+        processes.wait()  # every image exists before the main process evaluates them
+        if not processes.is_main:
+            reports.append({"process": processes.index, "generated_this_run": len(generated)})
+            continue
         report = evaluate(mode_evaluation, parser=parser)
         report["protocol"] = {
             "name": protocol.name,
@@ -445,7 +477,8 @@ def run_protocol(settings: ProtocolSettings, evaluation, *, parser=None) -> dict
         atomic_write_text(folder / REPORT_NAME, json.dumps(report, indent=2) + "\n")
         atomic_write_text(folder / TABLE_NAME, render_markdown(report))
         reports.append(report)
-    return {"facemogle_version": __version__, "protocol": protocol.name, "runs": reports}
+    return {"facemogle_version": __version__, "protocol": protocol.name, "runs": reports,
+            **({"main_process": False} if not processes.is_main else {})}
 
 
 def render_protocol_markdown(result: dict) -> str:
