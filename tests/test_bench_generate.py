@@ -108,3 +108,52 @@ def test_thread_policy_bench_runs_fresh_processes_quiet_and_beside_a_busy_core(m
     if cores > 1:  # the busy process holds a core while the policy samples the load: it is left out
         assert report["busy_core"]["thread_policy"]["threads"] < cores
         assert report["busy_core"]["thread_policy"]["threads"] <= report["quiet"]["thread_policy"]["threads"]
+
+
+class SavingsPipeline(RecordingPipeline):
+    """Also records the exact savings in force at each call."""
+
+    exact_savings = frozenset({"a", "b"})
+
+    def __call__(self, **kwargs):
+        self.calls.append({**kwargs, "savings": self.exact_savings})
+
+
+def test_cache_variants_and_exact_savings_one_by_one():
+    from facemogle.bench_generate import cache_report
+
+    pipe = SavingsPipeline()
+    settings = {"every 4": {"condition_cache": "every:4"}, "first block": {"step_cache": "first-block:0.1"}}
+    seconds = bench_pipeline(pipe, size=32, steps=2, runs=1, cache_settings=settings, exact_savings=True)
+    assert list(seconds) == ["mask+text", "text-only", "base text-only", "every 4", "first block",
+                             "no exact savings", "without a", "without b"]
+    calls = pipe.calls[len(seconds):]  # the timed round (after one warm-up of each)
+    assert calls[2]["mask"] is None and calls[2]["condition_cache"] == "none"
+    assert calls[3]["condition_cache"] == "every:4" and calls[4]["step_cache"] == "first-block:0.1"
+    assert [c["savings"] for c in calls[5:]] == [frozenset(), frozenset({"b"}), frozenset({"a"})]
+    assert "exact_savings" not in vars(pipe)  # the class default is back after each call
+    seconds = {name: [value] for name, value in zip(seconds, (4.0, 3.0, 2.0, 3.0, 2.5, 5.0, 4.5, 4.0))}
+    report = cache_report(seconds, settings)
+    assert report["mask_overhead"] == {"mask_text_vs_base": 2.0, "text_only_vs_base": 1.5, "mask_text_vs_text_only": 1.333}
+    assert report["exact_savings"]["saved_s"] == {"a": 0.5, "b": 0.0} and report["exact_savings"]["speedup_all"] == 1.25
+    assert report["cache_settings"]["every 4"] == {"arguments": settings["every 4"], "mask_text_median_s": 3.0,
+                                                    "speedup_vs_exact": 1.333, "overhead_vs_text_only": 1.0,
+                                                    "overhead_vs_base": 1.5}
+
+
+def test_cache_quality_compares_each_setting_with_exact(mini_dataset_dir):
+    """Two validation faces on tiny-random: exact vs itself-as-a-setting is no change; a cache is some."""
+    from facemogle.bench_generate import cache_quality, quality_records
+    from facemogle.specs import load_pipeline
+
+    records = quality_records(mini_dataset_dir, 2)
+    pipe = load_pipeline("tiny-random", seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    quality = cache_quality(pipe, records, {"same": {"condition_cache": "off"}, "every 2": {"condition_cache": "every:2"}},
+                            size=64, steps=4, progress=False)
+    assert quality["faces"] == 2 and 0 < quality["real_full_size_miou"] <= 1
+    same = quality["settings"]["same"]
+    assert same["max_pixel_difference"] == 0 and same["miou_ratio_change"] == 0 and same["fid_style_change"] == 0
+    assert quality["settings"]["every 2"]["max_pixel_difference"] > 0
+    with pytest.raises(InputError, match="fewer than"):
+        quality_records(mini_dataset_dir, 10_000)

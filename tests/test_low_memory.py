@@ -129,3 +129,27 @@ def test_nf4_on_cuda_loads_flux_dev_with_lora_and_mogle(golden_dir, mask):
     assert type(linear).__name__ == "Linear4bit"
     plain_images, nf4_images = generate(plain, mask), generate(nf4, mask)
     assert (plain_images.float() - nf4_images.float()).abs().mean() < 0.1
+
+
+def test_the_gpu_script_runs_its_modes_at_tiny_scale_on_the_cpu(tmp_path):
+    """scripts/bench_low_memory.py (the FLUX.1-dev-size table of the README) at the test model's size:
+    it saves a random FLUX layout, loads it through load_pipeline per mode, and reports the modes this
+    machine cannot run with their reason."""
+    import importlib.util as util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_low_memory.py"
+    spec = util.spec_from_file_location("bench_low_memory", path)
+    script = util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "low_memory.json"
+    modes = "plain,offload group,quantize fp8,offload sequential"
+    assert script.main(["--scale", "tiny", "--device", "cpu", "--modes", modes, "--json", str(out),
+                        "--work-dir", str(tmp_path)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["modes"]) == set(modes.split(","))
+    for name in ("plain", "offload group", "quantize fp8"):
+        assert report["modes"][name]["finite"] and report["modes"][name]["s_per_image"] > 0
+    if not CUDA:
+        assert "needs an accelerator" in report["modes"]["offload sequential"]["skipped"]
