@@ -113,7 +113,7 @@ def run_mode(files: dict, offload, quantize, device: str, size: int, steps: int)
               "finite": bool(torch.isfinite(torch.as_tensor(images)).all())}
     if cuda:
         result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    del pipe
+    pipe = None  # noqa: F841 (free the models before the next mode)
     gc.collect()
     return result
 
