@@ -11,8 +11,34 @@ The heavy names (torch, diffusers) load lazily, so ``import facemogle`` and the 
 from __future__ import annotations
 
 import importlib
+import logging
 
 __version__ = "0.1.0"
+
+
+class _KnownNotices(logging.Filter):
+    """Drops the start-up lines that installing torchao (``--quantize int8``, the ``[lowmem]`` extra)
+    adds to every command, none of which concerns what facemogle does: diffusers 0.42, importing its
+    torchao quantizer, warns that torchao-serialised checkpoints may not load (facemogle never loads
+    one: it quantises weights as they load); torchao cannot load its CUDA kernels on a CPU-only
+    machine (its CPU path needs none); torch notes that torchao registers enums the deprecated way.
+    Every other message of these loggers stays."""
+
+    def __init__(self, *prefixes: str, containing: str = ""):
+        super().__init__()
+        self.prefixes, self.containing = prefixes, containing
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith(self.prefixes) and self.containing in message)
+
+
+for _name, _notice in {
+    "diffusers.quantizers.torchao.torchao_quantizer": _KnownNotices("Unable to import `torchao` Tensor objects"),
+    "torchao": _KnownNotices("Failed to load ", containing="Could not load this library"),
+    "torch.utils._pytree": _KnownNotices("<enum ", containing="is now natively supported by torch.compile"),
+}.items():
+    logging.getLogger(_name).addFilter(_notice)
 
 _LAZY = {
     "MoGLE": "facemogle.mogle",

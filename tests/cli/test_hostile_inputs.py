@@ -148,6 +148,23 @@ G = "generate --mask {w}/mask.png -o {w}/keep.png"
 E = "edit {w}/photo.png --mask {w}/mask.png -o {w}/out.png"
 CASES: dict[str, Case] = {
     # ---- generate: numbers
+    "generate condition cache every 0": Case(f"{G} --condition-cache every:0", r"condition_cache must be .* got 'every:0'"),
+    "generate step cache nan": Case(f"{G} --step-cache first-block:nan", r"step_cache must be .* got 'first-block:nan'"),
+    "generate no condition stream with a mask": Case(f"{G} --condition-cache none", r"takes no --mask"),
+    "generate sequential offload on the cpu": Case(f"{G} --offload sequential --device cpu", r"needs an accelerator"),
+    "generate nf4 on the cpu": Case(f"{G} --quantize nf4 --device cpu", r"nf4 needs a CUDA device"),
+    "generate unknown quantisation": Case(f"{G} --quantize int4", r"--quantize: invalid choice: 'int4'"),
+    "generate missing mask folder": Case("generate --mask-folder {w}/nope --output-folder {w}/o", r"nope"),
+    "generate mask folder and -o": Case("generate --mask-folder {w} --output-folder {w}/o -o {w}/x.png",
+                                        r"--mask-folder takes neither --mask, --num-images nor -o"),
+    "generate mask folder without output": Case("generate --mask-folder {w}", r"needs --output-folder DIR"),
+    "generate output folder alone": Case("generate --output-folder {w}/o", r"--output-folder goes with --mask-folder"),
+    "generate output folder is a file": Case("generate --mask-folder {w} --output-folder {w}/keep.png",
+                                             r"keep\.png exists and is not a folder"),
+    "generate ambiguous mask folder": Case("generate --mask-folder {w} --output-folder {w}/o",
+                                           r"two files with the same stem 'cut' \(cut\.jpg and cut\.png\)"),
+    "generate mask folder with a non-mask": Case("generate --mask-folder {w}/photos --output-folder {w}/o",
+                                                 r"photo\.png", needs=("photos/",)),
     "generate steps 0": Case(f"{G} --steps 0", r"--steps must be in 1\.\.1000, got 0"),
     "generate steps 100000": Case(f"{G} --steps 100000", r"--steps must be in 1\.\.1000"),
     "generate steps text": Case(f"{G} --steps many", r"--steps: invalid int value"),
@@ -328,6 +345,9 @@ def test_a_hostile_input_is_refused_cleanly(name, ws, capsys, monkeypatch):
         pytest.skip("needs ../shared/golden/tiny-flux (the reference's tiny FLUX base), which is absent")
     if "o-grid.png/" in case.needs:
         (ws / "o-grid.png").mkdir()
+    if "photos/" in case.needs:  # a folder whose one image is a photo, not a mask
+        (ws / "photos").mkdir()
+        (ws / "photos" / "photo.png").write_bytes((ws / "photo.png").read_bytes())
     if "link.json" in case.needs:
         (ws / "link.json").symlink_to(ws / "keep.json")
     if not case.loads_model:
