@@ -17,7 +17,6 @@ The source mask defaults to the shipped parser's reading of the photo (:mod:`fac
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -33,7 +32,7 @@ from facemogle.latents import encode_images
 from facemogle.masks import load_mask, resize_mask
 from facemogle.pipeline import onload
 from facemogle.provenance import mark_image
-from facemogle.sampling import Conditioning, StepHook, StepState, denoise, flux_timesteps, guided_prediction, with_empty_mask
+from facemogle.sampling import Conditioning, StepHook, StepState, denoise, flux_timesteps, with_empty_mask
 
 #: Default margin (photo pixels) by which the changed region is grown, and the feather inside it.
 DEFAULT_GROW = 12
@@ -259,8 +258,7 @@ def edit_photo(pipe, image, mask, *, source_mask=None, regions: str | Sequence[s
     conditioning = Conditioning(encoded[:1], prompt_embeds, pooled_prompt_embeds, image_ids, text_ids, guidance)
     if mask_guided:
         conditioning = with_empty_mask(conditioning, encoded[1:])
-    predict = functools.partial(guided_prediction, pipe.transformer, pipe.mogle, conditioning=conditioning,
-                                mask_guidance_scale=mask_guidance_scale)
+    predict, _ = pipe.step_predictor(conditioning, mask_guidance_scale)
     hooks = [RegionPreservingHook(keep, photo_latents, noise), *step_hooks]
     with pipe.progress_bar(total=len(timesteps) - start) as progress_bar:
         latents = denoise(predict, pipe.scheduler, latents, timesteps[start:], hooks=hooks, progress_bar=progress_bar)

@@ -43,7 +43,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from facemogle.condition import CONDITION_ADAPTER_NAME, load_condition_lora, save_condition_lora
 from facemogle.condition_tokens import MaskLatents, encode_blank, encode_mask_latents
 from facemogle.errors import InputError
-from facemogle.forward_cache import OFF, ForwardCache, cache_policy
+from facemogle.forward_cache import OFF, CachePolicy, ForwardCache, cache_policy
 from facemogle.files import LORA_WEIGHT_NAME
 from facemogle.latents import decode_tokens, latent_image_ids, pack_latents, vae_downsample_factor
 from facemogle import patch_autoencoder  # noqa: F401  (diffusers loads only classes of imported modules)
@@ -347,6 +347,21 @@ class FaceMoGLEPipeline(FluxPipeline):
         decoded = decode_tokens(self.vae, latents, height, width)  # (B, 3, H, W) in [-1, 1]
         return self.image_processor.postprocess(decoded, output_type=output_type)
 
+    def step_predictor(self, conditioning: Conditioning, mask_guidance_scale: float = 1.0,
+                       policy: CachePolicy | None = None):
+        """The per-step prediction of one call, ``predict(latents, t) -> Prediction``, and its
+        :class:`facemogle.forward_cache.ForwardCache` (None with the step invariants off): MoGLE's
+        experts computed once here (:attr:`exact_savings`), mask guidance when the scale is not 1
+        (``conditioning`` then holds the doubled batch), the cache ``policy`` (default: exact)."""
+        policy = CachePolicy() if policy is None else policy
+        onload(self.mogle)
+        if "experts" in self.exact_savings:
+            conditioning = with_expert_outputs(self.mogle, conditioning)  # (B, A, N, D), once per call
+        cache = ForwardCache(policy) if "step_invariants" in self.exact_savings or not policy.exact else None
+        predict = functools.partial(guided_prediction, self.transformer, self.mogle, conditioning=conditioning,
+                                    mask_guidance_scale=mask_guidance_scale, cache=cache)
+        return predict, cache
+
     def edit(self, image, mask, **kwargs):
         """Edit a photo through its mask: regenerate where ``mask`` differs from the photo's own
         mask (plus named ``regions``), keep every other pixel. See :func:`facemogle.editing.edit_photo`
@@ -500,12 +515,7 @@ class FaceMoGLEPipeline(FluxPipeline):
         if mask_guided:
             # (2B) batch: own masks, then the empty mask (with the empty prompt, for text guidance)
             conditioning = with_empty_mask(conditioning, None if encoded is None else encoded[len(masks):], empty_prompt)
-        onload(self.mogle)
-        if "experts" in self.exact_savings:
-            conditioning = with_expert_outputs(self.mogle, conditioning)  # (B, A, N, D), once per call
-        cache = ForwardCache(policy) if "step_invariants" in self.exact_savings or not policy.exact else None
-        predict = functools.partial(guided_prediction, self.transformer, self.mogle, conditioning=conditioning,
-                                    mask_guidance_scale=mask_guidance_scale if mask_guided else 1.0, cache=cache)
+        predict, cache = self.step_predictor(conditioning, mask_guidance_scale if mask_guided else 1.0, policy)
         hooks = [_CallbackHook(self, callback_on_step_end, callback_on_step_end_tensor_inputs, prompt_embeds),
                  *step_hooks]
         onload(self.transformer)
