@@ -157,3 +157,17 @@ def test_cache_quality_compares_each_setting_with_exact(mini_dataset_dir):
     assert quality["settings"]["every 2"]["max_pixel_difference"] > 0
     with pytest.raises(InputError, match="fewer than"):
         quality_records(mini_dataset_dir, 10_000)
+
+
+def test_caches_report_of_tiny_random_has_every_figure():
+    threads = torch.get_num_threads()
+    try:
+        report = bench_generate("tiny-random", size=32, steps=3, runs=1, threads=1, caches=True,
+                                cache_settings={"every 2": {"condition_cache": "every:2"}})
+    finally:
+        torch.set_num_threads(threads)
+    assert report["base_text_only_median_s"] > 0 and report["mask_overhead"]["mask_text_vs_base"] > 0
+    parts = report["exact_savings"]["parts"]
+    assert set(parts) == {"condition_images", "experts", "step_invariants"}
+    assert all(part["without_s"] > 0 and part["with_s"] > 0 for part in parts.values())
+    assert set(report["cache_settings"]) == {"every 2"} and "quality" not in report

@@ -149,6 +149,7 @@ def bench_generate(spec: str = "tiny-random", *, size: int = 128, steps: int = 2
         report[f"{key}_runs_s"] = [round(v, 4) for v in seconds[variant]]
     if caches:
         report.update(cache_report(seconds, settings))
+        report["exact_savings"]["parts"] = exact_saving_parts(pipe, size=size, steps=steps, mask=mask, prompt=prompt)
     if records:
         quality = cache_quality(pipe, records, settings, size=size, steps=steps)
         report["quality"] = quality
@@ -161,14 +162,81 @@ def _median(values: list[float]) -> float:
     return round(statistics.median(values), 4)
 
 
+@torch.no_grad()
+def exact_saving_parts(pipe, *, size: int, steps: int, mask=EXAMPLE_MASK, prompt: str = DEFAULT_PROMPT,
+                       repeats: int = 5) -> dict:
+    """Seconds per call of the work each exact saving removes, with and without it (medians of
+    ``repeats``; a whole call's time varies more than these parts): encoding the mask and the empty
+    mask (the blank map encoded again vs kept), MoGLE over ``steps`` steps (experts every step vs
+    once), the step-independent transformer inputs over ``steps`` steps (computed every step vs once).
+    The batch is that of a guided call: the mask and the empty mask."""
+    from facemogle.latents import latent_image_ids
+
+    every = type(pipe).exact_savings
+
+    def median_time(call) -> float:
+        call()
+        return statistics.median(time_call(call) for _ in range(repeats))
+
+    def encode(savings):
+        def run():
+            pipe.exact_savings = savings
+            try:
+                return pipe.encode_mask_latents([mask, None], size, size)
+            finally:
+                del pipe.exact_savings
+        return run
+
+    condition = pipe.encode_masks([mask, None], size, size)  # (2, E, N, D)
+    noisy = torch.randn(2, *condition.shape[2:])
+    t = torch.full((2,), 0.5)
+    mogle = pipe.mogle
+
+    def experts_every_step():
+        for _ in range(steps):
+            mogle(condition, noisy, t)
+
+    def experts_once():
+        outputs = mogle.expert_outputs(condition)
+        for _ in range(steps):
+            mogle.mix(outputs, condition[:, 0], noisy, t)
+
+    transformer = pipe.transformer
+    embeds, pooled, text_ids = pipe.encode_prompt(prompt=[prompt, ""], prompt_2=None, num_images_per_prompt=1,
+                                                  max_sequence_length=pipe.default_max_sequence_length)
+    latent_side = 2 * (size // pipe.size_multiple)
+    image_ids = latent_image_ids(latent_side, latent_side, device=embeds.device, dtype=embeds.dtype)
+    guidance = torch.ones(2) if transformer.config.guidance_embeds else None
+
+    def invariants():
+        zero = torch.zeros(2)
+        args = (zero, guidance * 1000, pooled) if guidance is not None else (zero, pooled)
+        transformer.time_text_embed(*args)
+        transformer.context_embedder(embeds)
+        transformer.pos_embed(torch.cat([text_ids, image_ids, image_ids]))
+
+    def invariants_every_step():
+        for _ in range(steps):
+            invariants()
+
+    parts = {
+        "condition_images": (median_time(encode(every - {"condition_images"})), median_time(encode(every))),
+        "experts": (median_time(experts_every_step), median_time(experts_once)),
+        "step_invariants": (median_time(invariants_every_step), median_time(invariants)),
+    }
+    return {name: {"without_s": round(off, 4), "with_s": round(on, 4), "saved_s": round(off - on, 4)}
+            for name, (off, on) in parts.items()}
+
+
 #: The approximate settings ``facemogle bench generate`` measures: name -> pipeline keyword arguments.
-CACHE_SETTINGS: dict[str, dict] = {
+CACHE_SETTINGS: dict[str, dict] = {  # chosen on training faces: scripts/choose_cache_settings.py
     "condition every:2": {"condition_cache": "every:2"},
-    "condition every:4": {"condition_cache": "every:4"},
     "condition every:4+first": {"condition_cache": "every:4+first"},
     "condition every:10+first": {"condition_cache": "every:10+first"},
-    "step first-block:0.1": {"step_cache": "first-block:0.1"},
+    "step first-block:0.15": {"step_cache": "first-block:0.15"},
     "step first-block:0.2": {"step_cache": "first-block:0.2"},
+    "condition every:4+first, step first-block:0.15": {"condition_cache": "every:4+first",
+                                                        "step_cache": "first-block:0.15"},
 }
 
 
