@@ -99,7 +99,7 @@ def test_thread_policy_bench_runs_fresh_processes_quiet_and_beside_a_busy_core(m
     from facemogle import bench_generate as module
     from facemogle.cpu_threads import available_cores
 
-    report = module.bench_thread_policy(["--model", "tiny-random", "--size", "32", "--steps", "1"], runs=1)
+    report = module.bench_thread_policy(["--model", "tiny-random", "--size", "32", "--steps", "1"], runs=1, rounds=1)
     cores = len(available_cores())
     assert set(report) == {"quiet", "busy_core"}
     for where in report.values():

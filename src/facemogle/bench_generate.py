@@ -375,28 +375,41 @@ def _bench_child(bench_arguments: list[str], runs: int, policy: str) -> dict:
     return {k: child[k] for k in ("threads", "runs", "mask_text_median_s", "text_only_median_s")}
 
 
-def bench_thread_policy(bench_arguments: list[str], runs: int = 5) -> dict:
+def bench_thread_policy(bench_arguments: list[str], runs: int = 5, rounds: int = 3) -> dict:
     """Generation time with facemogle's thread policy (:mod:`facemogle.cpu_threads`: threads = idle
     cores, bounded OpenMP spinning) and with torch's defaults (``FACEMOGLE_THREAD_POLICY=off``), on a
     quiet machine and beside a process that keeps one core busy; each in a fresh process running
-    ``facemogle bench generate <bench_arguments>``. Torch's defaults beside the busy core get
+    ``facemogle bench generate <bench_arguments> --runs runs``. The two settings alternate, ``rounds``
+    processes each (A B A B ...: this machine's speed drifts by 20 % over minutes, which one process
+    per setting in turn would read as a difference between them); the median of the processes'
+    medians is reported. Torch's defaults beside the busy core get one process of
     :data:`TORCH_DEFAULT_BUSY_RUNS` runs (they are the slow case).
 
     Returns ``{"quiet": {"thread_policy": {...}, "torch_default": {...}}, "busy_core": {...}}``, each
-    with ``threads``, ``runs``, ``mask_text_median_s`` and ``text_only_median_s``.
+    with ``threads``, ``runs`` (timed calls per process), ``processes``, ``mask_text_median_s`` and
+    ``text_only_median_s``.
     """
     import subprocess
     import sys
 
-    results = {"quiet": {name: _bench_child(bench_arguments, runs, policy)
-                         for name, policy in (("thread_policy", "on"), ("torch_default", "off"))}}
+    def alternate(plan: dict[str, tuple[int, int]]) -> dict:  # name -> (processes, runs each)
+        children: dict[str, list[dict]] = {name: [] for name in plan}
+        for index in range(max(count for count, _ in plan.values())):
+            for name, (count, child_runs) in plan.items():
+                if index < count:
+                    policy = "on" if name == "thread_policy" else "off"
+                    children[name].append(_bench_child(bench_arguments, child_runs, policy))
+        return {name: {"threads": found[0]["threads"], "runs": plan[name][1], "processes": len(found),
+                       **{key: _median([child[key] for child in found])
+                          for key in ("mask_text_median_s", "text_only_median_s")}}
+                for name, found in children.items()}
+
+    results = {"quiet": alternate({"thread_policy": (rounds, runs), "torch_default": (rounds, runs)})}
     busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
     try:
         time.sleep(0.5)  # let it take its core
-        results["busy_core"] = {
-            "thread_policy": _bench_child(bench_arguments, runs, "on"),
-            "torch_default": _bench_child(bench_arguments, TORCH_DEFAULT_BUSY_RUNS, "off"),
-        }
+        results["busy_core"] = alternate({"thread_policy": (rounds, runs),
+                                          "torch_default": (1, TORCH_DEFAULT_BUSY_RUNS)})
     finally:
         busy.kill()
         busy.wait()
