@@ -12,10 +12,11 @@ import torch
 from tolerances import EXACT
 
 from facemogle.errors import InputError
-from facemogle.low_memory import FP8_STORAGE, apply_low_memory, check_low_memory
+from facemogle.low_memory import apply_low_memory, check_low_memory
 from facemogle.specs import load_pipeline
 
 CUDA = torch.cuda.is_available()
+FP8_STORAGE = torch.float8_e4m3fn
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device (this mode cannot run on the CPU)")
 
 

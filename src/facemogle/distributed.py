@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
+if TYPE_CHECKING:  # torch loads with the model, after the command line set its threads
+    import torch
 
 
 @dataclass
@@ -40,6 +41,8 @@ class Processes:
     @property
     def device(self) -> torch.device | None:
         """The device accelerate gives this process (None for a single process: the command's own choice)."""
+        import torch
+
         return None if self.state is None else torch.device(self.state.device)
 
     def share(self, items: Sequence) -> list:
@@ -65,6 +68,7 @@ def processes() -> Processes:
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             _PROCESSES = Processes()
         else:
+            import torch
             from accelerate import PartialState
 
             state = PartialState(cpu=not torch.cuda.is_available())

@@ -28,10 +28,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from facemogle.errors import InputError
+
+if TYPE_CHECKING:  # torch loads with the model, not when the command line reads its options
+    import torch
 
 OFF = "off"
 NONE = "none"
@@ -137,6 +139,8 @@ class ForwardCache:
     def keep_residuals(self, head_residual: torch.Tensor, tail_residual: torch.Tensor,
                        skipped: torch.Tensor | None) -> None:
         """After a full step: the rows that were computed keep their new residuals."""
+        import torch
+
         if skipped is None or self.head_residual is None:
             self.head_residual, self.tail_residual = head_residual, tail_residual
             return

@@ -28,19 +28,25 @@ anything.
 from __future__ import annotations
 
 import importlib.util
-
-import torch
+from typing import TYPE_CHECKING
 
 from facemogle.errors import InputError
 
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions: the command line reads the mode names before it sets
+# its CPU threads, which must happen before torch loads (facemogle.cpu_threads).
 OFFLOAD_MODES = ("model", "sequential", "group")
 QUANTIZE_MODES = ("fp8", "int8", "nf4")
-#: Storage dtype of ``--quantize fp8``.
-FP8_STORAGE = torch.float8_e4m3fn
+#: Storage dtype of ``--quantize fp8`` (a torch dtype name).
+FP8_STORAGE = "float8_e4m3fn"
 
 
 def check_low_memory(offload: str | None, quantize: str | None, device: torch.device | str | None) -> None:
     """Refuse an unknown mode, or one that this machine cannot run, in one line, before anything loads."""
+    import torch
+
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if offload is not None and offload not in OFFLOAD_MODES:
         raise InputError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
@@ -72,9 +78,11 @@ def nf4_quantization_config(dtype: torch.dtype):
 
 def quantize_transformer(pipe, quantize: str | None) -> None:
     """``fp8`` or ``int8`` on a built pipeline's transformer (``nf4`` happens at load; None: nothing)."""
+    import torch
+
     transformer = pipe.transformer
     if quantize == "fp8":
-        transformer.enable_layerwise_casting(storage_dtype=FP8_STORAGE, compute_dtype=transformer.dtype)
+        transformer.enable_layerwise_casting(storage_dtype=getattr(torch, FP8_STORAGE), compute_dtype=transformer.dtype)
     elif quantize == "int8":
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
@@ -86,6 +94,8 @@ def quantize_transformer(pipe, quantize: str | None) -> None:
 
 def offload_pipeline(pipe, offload: str | None, device: torch.device | str) -> None:
     """Attach diffusers' offloading hooks, computing on ``device`` (None: nothing)."""
+    import torch
+
     device = torch.device(device)
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
@@ -99,6 +109,8 @@ def apply_low_memory(pipe, *, offload: str | None = None, quantize: str | None =
                      device: torch.device | str | None = None):
     """Quantise (``fp8`` / ``int8``), then offload, a built pipeline; returns it. ``device``: where it
     computes (default: CUDA if available, else the CPU)."""
+    import torch
+
     device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     check_low_memory(offload, quantize, device)
     quantize_transformer(pipe, quantize)
