@@ -171,3 +171,27 @@ def test_caches_report_of_tiny_random_has_every_figure():
     assert set(parts) == {"condition_images", "experts", "step_invariants"}
     assert all(part["without_s"] > 0 and part["with_s"] > 0 for part in parts.values())
     assert set(report["cache_settings"]) == {"every 2"} and "quality" not in report
+
+
+def test_cache_goals_name_the_best_setting_and_the_shortfall():
+    from facemogle.bench_generate import cache_goals
+
+    def entry(arguments, overhead_base, overhead_text, speedup, miou_change, fid_change):
+        return {"arguments": arguments, "overhead_vs_base": overhead_base, "overhead_vs_text_only": overhead_text,
+                "speedup_vs_exact": speedup, "quality": {"miou_ratio_change": miou_change, "fid_style_change": fid_change}}
+
+    report = {"exact_savings": {"speedup_all": 1.03, "parts": {"experts": {"saved_s": 0.05}, "blank": {"saved_s": -0.001}}},
+              "cache_settings": {
+                  "c2": entry({"condition_cache": "every:2"}, 1.4, 0.8, 1.4, 0.001, 0.0),
+                  "c10": entry({"condition_cache": "every:10"}, 1.17, 0.65, 1.66, 0.002, -0.02),
+                  "c-bad": entry({"condition_cache": "every:50"}, 1.05, 0.6, 1.9, -0.05, 0.0),  # mask control lost
+                  "s1": entry({"step_cache": "first-block:0.1"}, 1.3, 0.7, 1.53, 0.0, -0.035),
+                  "s-bad": entry({"step_cache": "first-block:0.5"}, 0.9, 0.5, 2.5, 0.0, -0.12),  # FID moved 12 %
+                  "both": entry({"condition_cache": "every:4", "step_cache": "first-block:0.1"}, 0.8, 0.4, 2.3, 0.0, 0.0)}}
+    goals = cache_goals(report)
+    assert goals["exact_savings"]["faster_parts"] == ["experts"]
+    condition = goals["condition_cache"]
+    assert condition["setting"] == "c10" and condition["met_vs_text_only"] and not condition["met_vs_base"]
+    assert condition["missed_vs_base_by"] == pytest.approx(0.07)
+    assert goals["step_cache"] == {"setting": "s1", "target_speedup": 1.5, "speedup": 1.53, "fid_style_change": -0.035,
+                                   "met": True}
