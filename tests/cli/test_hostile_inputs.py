@@ -158,6 +158,8 @@ CASES: dict[str, Case] = {
     "generate mask folder and -o": Case("generate --mask-folder {w} --output-folder {w}/o -o {w}/x.png",
                                         r"--mask-folder takes neither --mask, --num-images nor -o"),
     "generate mask folder without output": Case("generate --mask-folder {w}", r"needs --output-folder DIR"),
+    "generate mask folder, bad cache": Case("generate --mask-folder {w} --output-folder {w}/o --step-cache first-block:0",
+                                            r"step_cache must be"),
     "generate output folder alone": Case("generate --output-folder {w}/o", r"--output-folder goes with --mask-folder"),
     "generate output folder is a file": Case("generate --mask-folder {w} --output-folder {w}/keep.png",
                                              r"keep\.png exists and is not a folder"),

@@ -127,6 +127,10 @@ def run_folder(args: argparse.Namespace) -> int:
     if args.output_folder is None:
         raise InputError("--mask-folder needs --output-folder DIR")
     checks.sampling_options(args)
+    from facemogle.forward_cache import cache_policy
+
+    if not cache_policy(args.condition_cache, args.step_cache).condition_stream:
+        raise InputError("--condition-cache none runs no condition stream, so it takes no --mask-folder")
     checks.input_folder("--mask-folder", args.mask_folder)
     out = Path(args.output_folder)
     if out.exists() and not out.is_dir():
@@ -145,12 +149,6 @@ def run_folder(args: argparse.Namespace) -> int:
     elif group.device is not None:
         options["device"] = group.device
 
-    pipe_holder = []
-
-    def pipeline():
-        pipe_holder.append(load_pipeline(model, **options))
-        return pipe_holder[-1]
-
     size, steps, guidance = get_spec(model).inference or (None, None, None)  # None: the pipeline's defaults
 
     def given(value, default):
@@ -163,7 +161,7 @@ def run_folder(args: argparse.Namespace) -> int:
                     "step_cache": args.step_cache}
     if args.mask_guidance is not None:
         call_options["mask_guidance_scale"] = args.mask_guidance
-    made = generate_images(pipeline, images, "mask+text", settings, out, processes=group,
+    made = generate_images(lambda: load_pipeline(model, **options), images, "mask+text", settings, out, processes=group,
                            watermark=not args.no_watermark, call_options=call_options)
     group.wait()
     if group.count > 1:
