@@ -367,7 +367,6 @@ def condition_forward(
     if head_image is not None:  # step cache: what the blocks after the first added
         cache.keep_residuals(head_residual, image - head_image, skipped)
         if skipped is not None and bool(skipped.any()):  # those rows take their kept residual
-            cache.rows_skipped += int(skipped.sum())
             image = torch.where(skipped[:, None, None], head_image + cache.tail_residual, image)
     image = transformer.norm_out(image, temb)  # condition tokens are dropped here
     capture("norm_out", image)

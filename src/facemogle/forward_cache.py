@@ -110,7 +110,6 @@ class ForwardCache:
     head_residual: torch.Tensor | None = None  # the first block's image residual at the last full step
     tail_residual: torch.Tensor | None = None  # what the other blocks added to the image tokens then
     counts: dict = field(default_factory=lambda: {"full": 0, "condition_reused": 0, "blocks_skipped": 0})
-    rows_skipped: int = 0  # rows (images) that took the kept residual in a step that computed others
 
     def step_invariants(self, key: tuple, compute) -> dict:
         """The step-independent tensors for inputs identified by ``key`` (computed once per key)."""
