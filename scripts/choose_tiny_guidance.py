@@ -1,12 +1,13 @@
-"""How the bundled model's guidance was chosen, on TRAINING faces only (never the validation split).
+"""How the bundled model's guidance and step count were chosen, on TRAINING faces only (never the
+validation split).
 
-    python scripts/choose_tiny_guidance.py [--faces 16] [--per-colour 8]
+    python scripts/choose_tiny_guidance.py [--faces 16] [--per-colour 8] [--setting 4,text,16 ...]
 
-For each setting (mask guidance w, with or without text guidance): mIoU(parse(generated), mask)
+For each setting (mask guidance w, with or without text guidance, sampling steps): mIoU(parse(generated), mask)
 over ``--faces`` training faces (their own masks and first captions, seeds 0..), the smallest IoU of
 the small parts, and text-only hair-colour agreement vs chance (``--per-colour`` faces per colour,
 read back by the project's parser + captioner). Prints one JSON line per setting. The numbers in
-``facemogle.specs`` (TINY_MASK_GUIDANCE_SCALE) come from this measurement.
+``facemogle.specs`` (TINY_MASK_GUIDANCE_SCALE, TINY_NUM_INFERENCE_STEPS) come from this measurement.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = ((2.0, False), (3.0, True), (4.0, True))
+SETTINGS = ((2.0, False, 20), (3.0, True, 20), (4.0, True, 20))
 SMALL = ("left eye", "right eye", "left eyebrow", "right eyebrow", "nose", "inner mouth", "upper lip", "lower lip",
          "left ear", "right ear")
 
@@ -29,7 +30,11 @@ def main() -> None:
     p.add_argument("--faces", type=int, default=16)
     p.add_argument("--per-colour", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--setting", action="append", default=None, metavar="W,TEXT,STEPS",
+                   help="mask guidance, 'text' or 'plain', steps (repeatable; default: the three of SETTINGS)")
     args = p.parse_args()
+    settings = SETTINGS if not args.setting else [
+        (float(w), t == "text", int(n)) for w, t, n in (item.split(",") for item in args.setting)]
 
     import numpy as np
     import torch
@@ -50,22 +55,24 @@ def main() -> None:
     masks = [resize_mask(load_mask(Path(args.data) / "masks" / f"{s}.png"), 128) for s in stems]
     prompts = [captions[f"{s}.jpg"][0] for s in stems]
     k = args.per_colour
-    for scale, text in SETTINGS:
+    for scale, text, steps in settings:
         started = time.time()
         confusion = np.zeros((19, 19), np.int64)
         for i in range(0, len(stems), 4):
             images = pipe(mask=masks[i:i + 4], prompt=prompts[i:i + 4], seed=list(range(i, i + len(masks[i:i + 4]))),
-                          mask_guidance_scale=scale, text_guidance=text, watermark=False).images
+                          mask_guidance_scale=scale, text_guidance=text, num_inference_steps=steps,
+                          watermark=False).images
             for image, mask in zip(images, masks[i:i + 4]):
                 confusion += confusion_matrix(parser.parse(image), mask)
         iou = iou_per_class(confusion)
         reads = {c: read_attributes(parser, pipe(mask=None, prompt=[PROMPTS["hair_colour"][c]] * k, seed=list(range(k)),
-                                                 mask_guidance_scale=scale, text_guidance=text, watermark=False).images)
+                                                 mask_guidance_scale=scale, text_guidance=text,
+                                                 num_inference_steps=steps, watermark=False).images)
                  for c in HAIR_COLOURS}
         hair = {c: {"agreement": float(np.mean([r["hair_colour"] == c for r in reads[c]])),
                     "chance": float(np.mean([r["hair_colour"] == c for o in HAIR_COLOURS if o != c for r in reads[o]]))}
                 for c in HAIR_COLOURS}
-        print(json.dumps({"mask_guidance": scale, "text_guidance": text, "miou": round(float(np.nanmean(iou)), 4),
+        print(json.dumps({"mask_guidance": scale, "text_guidance": text, "steps": steps, "miou": round(float(np.nanmean(iou)), 4),
                           "small_parts_min_iou": round(float(np.nanmin(iou[[class_id(n) for n in SMALL]])), 3),
                           "hair_colour_text_only": hair, "seconds": round(time.time() - started, 1)}), flush=True)
 

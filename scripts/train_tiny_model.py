@@ -1,7 +1,7 @@
 """Reproduce the bundled "tiny" model in one command (``make tiny-model``).
 
 Stages (each writes under ``--work-dir``; nothing is written into the dataset folder): captions,
-split, autoencoder, text encoders, diffusion from scratch, export (float16 + model card) to
+split, autoencoder, text encoders, diffusion from scratch, text emphasis, export (float16 + model card) to
 ``--export``, then ``scripts/evaluate_tiny_model.py`` (metrics into the card, sample grid and gate
 plot into ``docs/images``). The stages are described in ``facemogle.train.tiny_recipe``.
 
@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(REPO / "configs" / "tiny.yaml"))
+    p.add_argument("--emphasis-config", default=str(REPO / "configs" / "tiny_text_emphasis.yaml"),
+                   help="stage 5b's changes to --config (text emphasis run); 'none': no stage 5b")
     p.add_argument("--data", default=None, help="dataset folder (default: the config's data.root)")
     p.add_argument("--work-dir", default=str(REPO / "runs" / "tiny-model"))
     p.add_argument("--export", default=None, help="export directory (default: src/facemogle/weights/tiny; "
@@ -54,7 +56,8 @@ def main(argv=None) -> int:
         evaluate_script=REPO / "scripts" / "evaluate_tiny_model.py",
         data=Path(args.data) if args.data else None, export=Path(args.export) if args.export else None,
         num_val=args.num_val, text_steps=args.text_steps, text_batch_size=args.text_batch_size, text_lr=args.text_lr,
-        threads=args.threads, processes=args.processes, pilot_minutes=args.pilot_minutes))
+        threads=args.threads, processes=args.processes, pilot_minutes=args.pilot_minutes,
+        emphasis_config=None if args.emphasis_config == "none" else Path(args.emphasis_config)))
 
 
 if __name__ == "__main__":

@@ -70,3 +70,43 @@ def test_raw_stream_empties_the_mask_to_background():
     assert 10 < sum(item["mask_emptied"] for item in items) < 50
     for item in items:
         assert int(item["mask"].max()) == (0 if item["mask_emptied"] else 5)
+
+
+def test_weighted_positions_draw_in_proportion_and_depend_only_on_the_position():
+    from facemogle.data.stream import WeightedPositions, sample_order
+
+    order = WeightedPositions([1.0, 3.0, 0.0], seed=5)
+    drawn = [order.sample_index(p) for p in range(4000)]
+    assert 2 not in drawn  # weight 0: never
+    assert abs(drawn.count(1) / 4000 - 0.75) < 0.021  # 3 sd of a binomial share
+    again = WeightedPositions([1.0, 3.0, 0.0], seed=5)
+    assert [again.sample_index(p) for p in (3999, 7, 1234)] == [drawn[3999], drawn[7], drawn[1234]]
+    assert [WeightedPositions([1.0, 3.0, 0.0], seed=6).sample_index(p) for p in range(40)] != drawn[:40]
+    assert isinstance(sample_order(3, 5), EpochPermutations)
+    assert isinstance(sample_order(3, 5, [1, 1, 1]), WeightedPositions)
+
+
+def test_weighted_positions_refuse_bad_weights():
+    import pytest
+
+    from facemogle.data.stream import WeightedPositions
+    from facemogle.errors import InputError
+
+    for bad in ([], [0.0, 0.0], [1.0, -1.0], [1.0, float("nan")], [float("inf")]):
+        with pytest.raises(InputError):
+            WeightedPositions(bad, seed=0)
+
+
+def test_first_caption_coin_picks_sentence_zero_and_leaves_the_other_draws_alone():
+    kwargs = dict(token_shape=(4, 8), num_local=19, num_captions=10, text_dropout=0.1, mask_dropout=0.1,
+                  empty_mask_dropout=0.2)
+    plain = [draw_for_position(2, p, **kwargs) for p in range(600)]
+    half = [draw_for_position(2, p, **kwargs, first_caption_share=0.5) for p in range(600)]
+    always = [draw_for_position(2, p, **kwargs, first_caption_share=1.0) for p in range(600)]
+    assert all(d.caption == 0 for d in always)
+    zero_share = sum(d.caption == 0 for d in half) / 600
+    assert abs(zero_share - (0.5 + 0.5 / 10)) < 0.062  # 3 sd
+    for a, b in zip(plain, half):
+        assert torch.equal(a.noise, b.noise) and torch.equal(a.local_dropped, b.local_dropped)
+        assert (a.timestep, a.text_dropped, a.mask_emptied) == (b.timestep, b.text_dropped, b.mask_emptied)
+        assert b.caption in (0, a.caption)  # either the coin's sentence 0 or the draw without it

@@ -133,13 +133,13 @@ def test_sample_grid_lays_out_mask_generated_real_rows():
 def test_card_section_states_numbers_and_verdict():
     below = card_metrics_section(metrics(0.407))
     assert below.startswith("## Metrics\n") and "python scripts/evaluate_tiny_model.py" in below
-    assert "| **ratio** (target >= 0.8) | 0.395 | **0.407** |" in below  # before: 0.2768 / 0.7
+    assert "| **ratio** (target >= 0.8) | 0.395 | 0.842 | **0.407** |" in below  # before: 0.2768 / 0.7, 0.5894 / 0.7
     assert "**Mask control is below the target**" in below
-    assert "| s/image, mask + text (median of 5, 2 threads; target <= 3 s) | 2.39 | 2.39 |" in below
-    assert "| hair colour as prompted, text-only (target >= 70 %) | n/m | 69 % |" in below  # mean of 75 and 62.5
-    assert "| text-only | hat | true | 50 % | 6 % | 16 |" in below
-    assert "| with-masks | hair_colour | black | 80 % | 10 % | 16 |" in below
-    assert "| IoU ears (lowest of its classes; target > 0.3) | 0.000 | 0.350 |" in below
+    assert "| s/image, mask + text (median of 5, 2 threads; target <= 3 s) | 2.39 | 2.81 | 2.39 |" in below
+    assert "| hair colour as prompted, text-only (target >= 70 %) | n/m | 58 % | 69 % |" in below  # mean of 75, 62.5
+    assert "| text-only | hat | true | 50 % | 6 % | 16 | 0 % / 0 % |" in below
+    assert "| with-masks | hair_colour | black | 80 % | 10 % | 16 | 88 % / 25 % |" in below
+    assert "| IoU ears (lowest of its classes; target > 0.3) | 0.000 | 0.470 | 0.350 |" in below
     assert "Mask control meets the target" in card_metrics_section(metrics(0.85))
     assert "below the target" in card_metrics_section(metrics(0.85, small_part=0.2))  # a small part fails
 

@@ -29,6 +29,22 @@ def test_shipped_configs_validate(tmp_path, monkeypatch, mini_dataset_dir):
     assert paper.train.max_steps == 4000 and paper.data.layout == "mm-celeba-hq"
 
 
+def test_the_tiny_recipe_configs_validate_together(tmp_path, monkeypatch):
+    """configs/tiny.yaml + stage 5b's changes (configs/tiny_text_emphasis.yaml) make a valid config."""
+    from facemogle.train.tiny_recipe import read_overrides
+
+    monkeypatch.chdir(CONFIGS.parent)
+    (tmp_path / "start").mkdir()
+    overrides = {**read_overrides(CONFIGS / "tiny_text_emphasis.yaml"), "data.root": str(tmp_path),
+                 "model.init_checkpoint": str(tmp_path / "start")}
+    emphasis = load_config(CONFIGS / "tiny.yaml", overrides)
+    first = load_config(CONFIGS / "tiny.yaml", {"data.root": str(tmp_path)})
+    assert emphasis.data.empty_mask_dropout > first.data.empty_mask_dropout
+    assert first.data.balance_attributes is None and emphasis.data.balance_attributes == 0.15
+    assert emphasis.train.optimizer.lr < first.train.optimizer.lr
+    assert emphasis.model.init_checkpoint == str(tmp_path / "start") and first.model.init_checkpoint is None
+
+
 def refused(tmp_path, **sections) -> str:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
@@ -50,6 +66,10 @@ def test_unknown_keys_wrong_types_and_ranges_are_all_listed(tmp_path):
                                       "text_dropout": True})
     assert "data.mask_dropout: must be <= 1.0, got 1.5" in message
     assert "data.text_dropout: expected a number, got bool True" in message
+    message = refused(tmp_path, data={"root": str(tmp_path / "data"), "balance_attributes": 0.0,
+                                      "first_caption_share": 2})
+    assert "data.balance_attributes: must be > 0.0, got 0.0" in message
+    assert "data.first_caption_share: must be <= 1.0, got 2.0" in message
     message = refused(tmp_path, data={"root": str(tmp_path / "data"), "resolution": 100})
     assert "data.resolution: 100 is not a multiple of 16 (try 96)" in message
 

@@ -20,6 +20,7 @@ from facemogle.train.tiny_recipe import (
     finished_stage,
     model_card,
     pilot_budget_s,
+    read_overrides,
     stage_report,
     steps_in,
     time_per_step,
@@ -137,3 +138,23 @@ def test_export_writes_float16_weights_score_and_card(tmp_path):
     assert json.loads((export / "model_index.json").read_text(encoding="utf-8"))["default_guidance_scale"] == \
         SCRATCH_GUIDANCE_SCALE
     assert not list(Path(export).rglob(".*"))
+
+
+def test_stage_5b_overrides_are_a_mapping_of_dotted_keys(tmp_path):
+    from facemogle.errors import InputError
+
+    good = tmp_path / "good.yaml"
+    good.write_text("data.empty_mask_dropout: 0.4\ntrain.max_steps: 10\n", encoding="utf-8")
+    assert read_overrides(good) == {"data.empty_mask_dropout": 0.4, "train.max_steps": 10}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- data.empty_mask_dropout\n", encoding="utf-8")
+    with pytest.raises(InputError, match="mapping of dotted config keys"):
+        read_overrides(bad)
+
+
+def test_model_card_has_a_row_for_the_emphasis_stage_when_it_ran():
+    split = Split(train=("a",), val=("b",))
+    report = recipe_report()
+    assert "| emphasis |" not in model_card(report, split, config=None)
+    report["stages"]["emphasis"] = {**STAGE, "steps": 7}
+    assert "| emphasis | 7 | 4 | 0.5 | 1.25 | 0.75 |" in model_card(report, split, config=None)

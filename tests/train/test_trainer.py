@@ -472,3 +472,36 @@ def test_one_fp16_scaled_step_matches_the_step_by_hand(synthetic_data, tmp_path)
         torch.testing.assert_close(parameter.detach(), want, atol=1e-4, rtol=1e-3)
     assert scaler.get_scale() == seen["scale"]  # a finite step keeps the scale (growth after 2000 steps)
     assert (tmp_path / "fp16" / "checkpoints" / "step-00000001" / ckpt.SCALER_NAME).is_file()
+
+
+def test_a_new_run_starts_from_another_runs_moving_average(synthetic_data, tmp_path):
+    """model.init_checkpoint: the weights at step 0 are the earlier run's moving average (scratch:
+    the whole transformer), with a fresh optimizer, schedule and step count."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    first_config = tiny_config(synthetic_data, tmp_path / "first", mode="scratch",
+                               train={"ema_decay": 0.9, "max_steps": 2})
+    first = Trainer(config_from_dict(first_config), progress=False).run()
+    average = load_file(str(first.final_checkpoint / ckpt.EMA_NAME))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    second_config = tiny_config(synthetic_data, tmp_path / "second", mode="scratch",
+                                model={"spec": "tiny-random", "init_checkpoint": str(first.final_checkpoint)},
+                                data={"balance_attributes": 0.5, "first_caption_share": 0.5},
+                                train={"ema_decay": 0.9, "max_steps": 2})
+    trainer = Trainer(config_from_dict(second_config), progress=False)
+    trainer.setup()
+    assert trainer.global_step == 0 and trainer.samples_seen == 0
+    live = {f"{owner}.{name}": p for owner, module in (("transformer", trainer.pipe.transformer),
+                                                       ("mogle", trainer.pipe.mogle))
+            for name, p in module.named_parameters()}
+    assert any("lora_" not in k and k.startswith("transformer.") for k in average)  # scratch: the base too
+    assert all(torch.equal(live[k].float(), v.float()) for k, v in average.items())
+    assert len(trainer.sample_weights) == trainer.num_samples
+    assert type(trainer.dataloader.dataset.order).__name__ == "WeightedPositions"
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    fresh = Trainer(config_from_dict(tiny_config(synthetic_data, tmp_path / "fresh", mode="scratch")), progress=False)
+    fresh.setup()
+    fresh_mogle = {f"mogle.{name}": p for name, p in fresh.pipe.mogle.named_parameters()}
+    assert any(not torch.equal(p.float(), average[k].float()) for k, p in fresh_mogle.items() if k in average)

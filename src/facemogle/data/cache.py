@@ -49,7 +49,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from facemogle.data.stream import EpochPermutations, draw_for_position
+from facemogle.data.stream import draw_for_position, sample_order
 from facemogle.errors import InputError
 from facemogle.labels import NUM_CLASSES, NUM_CONDITIONS
 from facemogle.condition_tokens import MaskLatents, encode_blank, encode_in_chunks, encode_mask_latents
@@ -450,7 +450,10 @@ class CachedTrainingDataset(torch.utils.data.Dataset):
     * local-mask dropout: each of the C local maps independently becomes the blank latents with
       p = ``mask_dropout``; the global map (index 0) is not;
     * empty-mask dropout (p = ``empty_mask_dropout``): every map, the global one too, becomes the
-      blank latents, the empty mask of text-only generation (all background = black).
+      blank latents, the empty mask of text-only generation (all background = black);
+    * ``weights`` (one per cached sample, None: every sample once per epoch): samples drawn in
+      proportion to them (:class:`facemogle.data.stream.WeightedPositions`);
+    * ``first_caption_share``: the share of samples that take caption sentence 0 (every face fact).
 
     Item: ``{"position", "index", "image_tokens" (N, D), "condition_tokens" (E, N, D),
     "prompt_embeds" (L, Dt), "pooled_prompt_embeds" (P,), "noise" (N, D), "timestep" (),
@@ -458,7 +461,7 @@ class CachedTrainingDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, cache: LatentCache, seed: int, text_dropout: float, mask_dropout: float,
-                 empty_mask_dropout: float = 0.0):
+                 empty_mask_dropout: float = 0.0, weights=None, first_caption_share: float = 0.0):
         if cache.num_local + 1 != NUM_CONDITIONS:
             raise InputError(f"cache has {cache.num_local} local masks, this version needs {NUM_CONDITIONS - 1}")
         self.cache = cache
@@ -466,7 +469,8 @@ class CachedTrainingDataset(torch.utils.data.Dataset):
         self.text_dropout = text_dropout
         self.mask_dropout = mask_dropout
         self.empty_mask_dropout = empty_mask_dropout
-        self.order = EpochPermutations(cache.num_samples, seed)
+        self.first_caption_share = first_caption_share
+        self.order = sample_order(cache.num_samples, seed, weights)  # weights: one per cached sample
 
     def __len__(self) -> int:
         return self.cache.num_samples
@@ -477,7 +481,8 @@ class CachedTrainingDataset(torch.utils.data.Dataset):
         sample = cache.sample(index)
         captions = sample["caption_ids"]
         draws = draw_for_position(self.seed, position, cache.token_shape, cache.num_local, len(captions),
-                                  self.text_dropout, self.mask_dropout, self.empty_mask_dropout)
+                                  self.text_dropout, self.mask_dropout, self.empty_mask_dropout,
+                                  self.first_caption_share)
         if draws.text_dropped or len(captions) == 0:
             prompt_embeds, pooled = cache.empty_prompt_embeds, cache.empty_pooled_prompt_embeds
         else:

@@ -28,6 +28,7 @@ from facemogle.flow import RectifiedFlow
 
 _TAG_EPOCH = 1
 _TAG_POSITION = 2
+_TAG_WEIGHTED = 3
 
 
 def derive_seed(seed: int, tag: int, value: int) -> int:
@@ -62,6 +63,33 @@ class EpochPermutations:
         return self._order[offset]
 
 
+class WeightedPositions:
+    """Position -> sample index drawn with probability proportional to ``weights`` (with
+    replacement), from a generator seeded by ``(seed, position)`` alone: the same stream
+    properties as :class:`EpochPermutations` (exact resume, any batch split), for training that
+    shows some samples more often (:mod:`facemogle.data.balance`)."""
+
+    def __init__(self, weights, seed: int):
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        if weights.ndim != 1 or len(weights) < 1:
+            raise InputError("the training set is empty")
+        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) or float(weights.sum()) <= 0:
+            raise InputError("sample weights must be finite, non-negative and not all zero")
+        self.num_samples = len(weights)
+        self.seed = seed
+        self._cumulative = torch.cumsum(weights / weights.sum(), 0)  # (n,)
+
+    def sample_index(self, position: int) -> int:
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, _TAG_WEIGHTED, int(position)))
+        u = torch.rand(1, generator=generator, dtype=torch.float64)
+        return min(int(torch.searchsorted(self._cumulative, u)[0]), self.num_samples - 1)
+
+
+def sample_order(num_samples: int, seed: int, weights=None):
+    """The stream's position -> sample map: epoch permutations, or weighted draws when ``weights``."""
+    return EpochPermutations(num_samples, seed) if weights is None else WeightedPositions(weights, seed)
+
+
 @dataclass(frozen=True)
 class PositionDraws:
     """The random draws of one stream position.
@@ -81,10 +109,13 @@ class PositionDraws:
 
 
 def draw_for_position(seed: int, position: int, token_shape: tuple[int, int], num_local: int, num_captions: int,
-                      text_dropout: float, mask_dropout: float, empty_mask_dropout: float = 0.0) -> PositionDraws:
+                      text_dropout: float, mask_dropout: float, empty_mask_dropout: float = 0.0,
+                      first_caption_share: float = 0.0) -> PositionDraws:
     """Draw, in a fixed order from one generator seeded by ``(seed, position)``: t, noise, the
     text-dropout coin, the ``num_local`` mask-dropout coins, the caption index, the empty-mask
-    coin (last, so the earlier draws do not depend on whether it is used)."""
+    coin, the first-caption coin (the later coins last, so the earlier draws do not depend on
+    whether they are used). The first-caption coin (p ``first_caption_share``) makes the caption
+    sentence 0: the captioner's sentence that states every fact about the face."""
     generator = torch.Generator().manual_seed(derive_seed(seed, _TAG_POSITION, position))
     timestep = RectifiedFlow().sample_timesteps(1, generator=generator)[0]  # ()
     noise = torch.randn(token_shape, generator=generator)  # (N, D)
@@ -92,6 +123,8 @@ def draw_for_position(seed: int, position: int, token_shape: tuple[int, int], nu
     local_coins = torch.rand(num_local, generator=generator)  # (C,)
     caption = int(torch.randint(max(num_captions, 1), (1,), generator=generator)[0])
     empty_coin = torch.rand(1, generator=generator)[0]
+    if first_caption_share > 0 and float(torch.rand(1, generator=generator)[0]) < first_caption_share:
+        caption = 0
     return PositionDraws(
         timestep=timestep,
         noise=noise,
@@ -137,10 +170,12 @@ class RawTrainingDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, faces, seed: int, token_shape: tuple[int, int], num_local: int, text_dropout: float,
-                 mask_dropout: float, captions_per_sample: int | None = None, empty_mask_dropout: float = 0.0):
+                 mask_dropout: float, captions_per_sample: int | None = None, empty_mask_dropout: float = 0.0,
+                 weights=None, first_caption_share: float = 0.0):
         self.faces = faces  # facemogle.data.datasets.FaceDataset
         self.captions_per_sample = captions_per_sample
-        self.order = EpochPermutations(len(faces), seed)
+        self.order = sample_order(len(faces), seed, weights)
+        self.first_caption_share = first_caption_share
         self.seed = seed
         self.token_shape = tuple(token_shape)
         self.num_local = num_local
@@ -156,7 +191,8 @@ class RawTrainingDataset(torch.utils.data.Dataset):
         item = self.faces[index]
         captions = item["captions"][: self.captions_per_sample]
         draws = draw_for_position(self.seed, position, self.token_shape, self.num_local, len(captions),
-                                  self.text_dropout, self.mask_dropout, self.empty_mask_dropout)
+                                  self.text_dropout, self.mask_dropout, self.empty_mask_dropout,
+                                  self.first_caption_share)
         caption = "" if draws.text_dropped or not captions else captions[draws.caption]
         mask = torch.zeros_like(item["mask"]) if draws.mask_emptied else item["mask"]  # all background
         return {"position": position, "index": index, "image": item["image"], "mask": mask,

@@ -330,55 +330,85 @@ PREVIOUS_MODEL = {
 }
 
 
+#: The first issue-14 model (16 x 16 tokens, /4 PCA codec, mask guidance 4 + text guidance; no text
+#: emphasis stage), measured by this script at commit 45aaf36: the card's middle column, and the
+#: text-control table's "first v2" column (agreement / chance per mode, attribute, value).
+FIRST_V2_MODEL = {
+    "miou_generated": 0.5894, "miou_real_downsampled": 0.6808, "miou_other_mask": 0.2099,
+    "per_class_iou": {"left eye": 0.5809, "right eye": 0.5546, "left eyebrow": 0.5936, "right eyebrow": 0.5652,
+                      "nose": 0.8215, "inner mouth": 0.4836, "upper lip": 0.5203, "lower lip": 0.6378,
+                      "left ear": 0.5206, "right ear": 0.4697},
+    "fid_style": 0.46, "text_own": 30.95, "text_other": 12.65,
+    "mask_text_s": 2.81, "text_only_s": 2.78, "text_only_faces": 0.92, "hair_colour_agreement": 0.5833,
+    "text_control": {
+        ("text_only", "hair_colour", "black"): (0.6875, 0.0312), ("text_only", "hair_colour", "brown"): (0.5, 0.0312),
+        ("text_only", "hair_colour", "blond"): (0.5625, 0.0312), ("text_only", "eyeglasses", "true"): (0.0, 0.0),
+        ("text_only", "hat", "true"): (0.0, 0.0), ("text_only", "smiling", "true"): (0.125, 0.0417),
+        ("text_only", "mouth_open", "true"): (0.125, 0.0521),
+        ("with_masks", "hair_colour", "black"): (0.875, 0.25), ("with_masks", "hair_colour", "brown"): (0.0625, 0.1875),
+        ("with_masks", "hair_colour", "blond"): (0.25, 0.0),
+    },
+}
+
+
 def _pct(value) -> str:
     return "n/m" if value is None else f"{100 * value:.0f} %"
 
 
 def card_metrics_section(m: dict) -> str:
     """The card's "## Metrics" section for the metrics ``m`` (as written to ``metrics.json``)."""
-    b, fid, text, before = m["bench_generate"], m["fid_style_parser_features"], m["text_score"], PREVIOUS_MODEL
+    b, fid, text = m["bench_generate"], m["fid_style_parser_features"], m["text_score"]
+    before, first = PREVIOUS_MODEL, FIRST_V2_MODEL
     real_full = m["miou"]["real_full_size"]
     small = m["small_parts_min_iou"]["per_part"]
     previous_small = min_small_part_iou(before["per_class_iou"])["per_part"]
+    first_small = min_small_part_iou(first["per_class_iou"])["per_part"]
     hair = m["text_control"]["text_only"].get("hair_colour", {})
     hair_agreement = float(np.mean([v["agreement"] for v in hair.values()])) if hair else None
     rows = [
-        ("mIoU(parse(generated), mask)", f"{before['miou_generated']:.3f}", f"{m['miou']['generated']:.3f}"),
-        ("mIoU(parse(real photo at full size), mask)", f"{real_full:.3f}", f"{real_full:.3f}"),
-        ("**ratio** (target >= 0.8)", f"{before['miou_generated'] / real_full:.3f}", f"**{m['miou_ratio']:.3f}**"),
+        ("mIoU(parse(generated), mask)", f"{before['miou_generated']:.3f}", f"{first['miou_generated']:.3f}",
+         f"{m['miou']['generated']:.3f}"),
+        ("mIoU(parse(real photo at full size), mask)", f"{real_full:.3f}", f"{real_full:.3f}", f"{real_full:.3f}"),
+        ("**ratio** (target >= 0.8)", f"{before['miou_generated'] / real_full:.3f}",
+         f"{first['miou_generated'] / real_full:.3f}", f"**{m['miou_ratio']:.3f}**"),
         ("ceiling: mIoU(parse(real photo at 128 px), mask)", f"{before['miou_real_downsampled']:.3f}",
-         f"{m['miou']['real']:.3f}"),
+         f"{first['miou_real_downsampled']:.3f}", f"{m['miou']['real']:.3f}"),
         ("floor: mIoU(parse(generated), another face's mask)", f"{before['miou_other_mask']:.3f}",
-         f"{m['miou']['generated_vs_other_mask']:.3f}"),
-        *[(f"IoU {part} (lowest of its classes; target > 0.3)", f"{previous_small[part]:.3f}", f"{small[part]:.3f}")
-          for part in SMALL_PARTS],
+         f"{first['miou_other_mask']:.3f}", f"{m['miou']['generated_vs_other_mask']:.3f}"),
+        *[(f"IoU {part} (lowest of its classes; target > 0.3)", f"{previous_small[part]:.3f}",
+           f"{first_small[part]:.3f}", f"{small[part]:.3f}") for part in SMALL_PARTS],
         ("FID-style distance (parser features), generated vs real val", f"{before['fid_style']:.2f}",
-         f"{fid['generated_vs_real_val']:.2f}"),
-        ("same distance, 100 real train vs real val faces (floor)", "", f"{fid['real_train_vs_real_val']:.2f}"),
+         f"{first['fid_style']:.2f}", f"{fid['generated_vs_real_val']:.2f}"),
+        ("same distance, 100 real train vs real val faces (floor)", "", "", f"{fid['real_train_vs_real_val']:.2f}"),
         ("text score, own / another face's caption", f"{before['text_own']:.2f} / {before['text_other']:.2f}",
+         f"{first['text_own']:.2f} / {first['text_other']:.2f}",
          f"{text['generated_own_caption']:.2f} / {text['generated_other_caption']:.2f}"),
         ("text-only samples with skin, hair, both eyes, nose and lips (target >= 95 %)",
-         _pct(before["text_only_faces"]), _pct(m["text_only"]["all_parts"])),
+         _pct(before["text_only_faces"]), _pct(first["text_only_faces"]), _pct(m["text_only"]["all_parts"])),
         ("hair colour as prompted, text-only (target >= 70 %)", _pct(before["hair_colour_agreement"]),
-         _pct(hair_agreement)),
+         _pct(first["hair_colour_agreement"]), _pct(hair_agreement)),
         (f"s/image, mask + text (median of {b['runs']}, {b['threads']} threads; target <= 3 s)",
-         f"{before['mask_text_s']:.2f}", f"{b['mask_text_median_s']:.2f}"),
-        ("s/image, text-only", f"{before['text_only_s']:.2f}", f"{b['text_only_median_s']:.2f}"),
+         f"{before['mask_text_s']:.2f}", f"{first['mask_text_s']:.2f}", f"{b['mask_text_median_s']:.2f}"),
+        ("s/image, text-only", f"{before['text_only_s']:.2f}", f"{first['text_only_s']:.2f}",
+         f"{b['text_only_median_s']:.2f}"),
     ]
     policy = b.get("thread_policy")
     if policy:
         for where, label in (("quiet", "quiet machine"), ("busy_core", "beside a busy core")):
             ours, default = policy[where]["thread_policy"], policy[where]["torch_default"]
             rows.append((f"s/image mask + text, {label}: facemogle's threads ({ours['threads']}) / torch defaults "
-                         f"({default['threads']})", "", f"{ours['mask_text_median_s']:.2f} / "
+                         f"({default['threads']})", "", "", f"{ours['mask_text_median_s']:.2f} / "
                          f"{default['mask_text_median_s']:.2f}"))
-    table = "\n".join(f"| {a} | {c} | {d} |" for a, c, d in rows)
+    table = "\n".join(f"| {a} | {c} | {f} | {d} |" for a, c, f, d in rows)
     control_rows = []
     for mode in ("text_only", "with_masks"):
         for attribute, values in m["text_control"][mode].items():
             for value, numbers in values.items():
+                earlier = first["text_control"].get((mode, attribute, value))
+                earlier = "" if earlier is None else f"{_pct(earlier[0])} / {_pct(earlier[1])}"
                 control_rows.append(f"| {mode.replace('_', '-')} | {attribute} | {value} | "
-                                    f"{_pct(numbers['agreement'])} | {_pct(numbers['chance'])} | {numbers['samples']} |")
+                                    f"{_pct(numbers['agreement'])} | {_pct(numbers['chance'])} | {numbers['samples']} | "
+                                    f"{earlier} |")
     control = "\n".join(control_rows)
     verdict = ("Mask control meets the target" if m["miou_ratio"] >= 0.8 and small and min(small.values()) > 0.3
                else "**Mask control is below the target**")
@@ -387,11 +417,12 @@ def card_metrics_section(m: dict) -> str:
 Measured by `python scripts/evaluate_tiny_model.py` (the last stage of `make tiny-model`) on the
 {m['validation_faces']} held-out validation faces, one image each from its mask and first caption sentence,
 {m['size']} px, {m['steps']} steps, guidance {m['guidance']}, mask guidance {m['mask_guidance']}{' (with text guidance)' if m.get('text_guidance') else ''}; every number below is in
-`metrics.json` beside the weights. "Before" is the model this one replaced (/8 VAE, 8 x 8 tokens, mask
-guidance 3; measured the same way at commit e8f2fe6; n/m: not measured).
+`metrics.json` beside the weights. "Before" is the model issue 14 replaced (/8 VAE, 8 x 8 tokens, mask
+guidance 3; measured the same way at commit e8f2fe6; n/m: not measured); "first v2" the first model of
+this recipe, without the text-emphasis stage (same script, commit 45aaf36).
 
-| | before | this model |
-|---|---|---|
+| | before | first v2 | this model |
+|---|---|---|---|
 {table}
 
 {verdict} (ratio {m['miou_ratio']:.2f}, lowest small part {min(small.values()):.2f}). The ratio divides by the
@@ -404,8 +435,8 @@ the prompted value; chance: the face has that value when the prompt names anothe
 for a yes/no attribute, a prompt about something else). "with-masks": over validation masks, which leave
 hair colour free.
 
-| mode | attribute | value | agreement | chance | faces |
-|---|---|---|---|---|---|
+| mode | attribute | value | agreement | chance | faces | first v2: agreement / chance |
+|---|---|---|---|---|---|---|
 {control}
 
 The parser is the shipped one (`facemogle parse`), so the mIoU numbers move with it. The FID-style

@@ -100,6 +100,10 @@ class ModelSection:
     init_lora: Optional[str] = _opt(None, exists="file", doc="LoRA file to start from (official format)")
     init_mogle: Optional[str] = _opt(None, exists="file", doc="MoGLE file to start from (official format)")
     vae: Optional[str] = _opt(None, exists="dir", doc="a trained VAE directory (autoencoder stage) replacing the spec's")
+    init_checkpoint: Optional[str] = _opt(None, exists="dir",
+                                          doc="a diffusion checkpoint to start from (its moving average when it has "
+                                              "one): transformer (scratch mode), LoRA and MoGLE; a new run, new "
+                                              "optimizer and schedule")
     mogle: MoGLESection = _opt(MoGLESection())
 
 
@@ -122,6 +126,13 @@ class DataSection:
     empty_mask_dropout: float = _opt(0.0, ge=0.0, le=1.0,
                                      doc="whole mask -> the empty mask (text-only samples; FLUX knows faces without one)")
     mirror: bool = _opt(False, doc="add every face flipped left-right (left/right classes swapped)")
+    balance_attributes: Optional[float] = _opt(None, gt=0.0, le=1.0,
+                                               doc="draw faces whose caption states an attribute rarer than this "
+                                                   "share more often (facemogle.data.balance); None: each face once "
+                                                   "per epoch")
+    first_caption_share: float = _opt(0.0, ge=0.0, le=1.0,
+                                      doc="share of samples captioned by sentence 0 (every face fact) instead of a "
+                                          "random sentence")
     num_workers: int = _opt(0, ge=0)
 
 

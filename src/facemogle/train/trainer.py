@@ -221,6 +221,11 @@ class Trainer:
         place_pipeline(pipe, accelerator.device, self.weight_dtype)
         if self.resume_dir is not None:
             ckpt.load_model_weights(self.resume_dir, pipe.transformer, pipe.mogle, scratch=config.mode == "scratch")
+        elif config.model.init_checkpoint is not None:  # a new run from an earlier run's weights
+            start = Path(config.model.init_checkpoint)
+            ckpt.verify_checkpoint(start)
+            ckpt.load_model_weights(start, pipe.transformer, pipe.mogle, scratch=config.mode == "scratch")
+            ckpt.apply_ema_weights(pipe, start)
         if config.train.gradient_checkpointing:
             pipe.transformer.enable_gradient_checkpointing()
 
@@ -237,6 +242,11 @@ class Trainer:
         token_shape = ((latent_side // 2) ** 2, pipe.transformer.config.in_channels)
         self.img_ids = latent_image_ids(latent_side, latent_side, device=accelerator.device)
         self.cache_stats: dict = {}
+        self.sample_weights = None
+        if config.data.balance_attributes is not None:
+            from facemogle.data.balance import attribute_weights
+
+            self.sample_weights = attribute_weights([list(r.captions) for r in records], config.data.balance_attributes)
         if config.cache.enabled:
             dataset = self._cached_dataset(faces)
         else:
@@ -245,7 +255,8 @@ class Trainer:
 
             dataset = RawTrainingDataset(faces, config.seed, token_shape, NUM_CLASSES, config.data.text_dropout,
                                          config.data.mask_dropout, config.data.captions_per_sample,
-                                         config.data.empty_mask_dropout)
+                                         config.data.empty_mask_dropout, self.sample_weights,
+                                         config.data.first_caption_share)
 
         # optimisation
         self.trainable = [p for p in list(pipe.transformer.parameters()) + list(pipe.mogle.parameters())
@@ -326,8 +337,11 @@ class Trainer:
                             num_workers=config.data.num_workers, progress=self.progress)
         self.cache = cache
         self.cache_stats = dict(cache.stats, key=cache.key, directory=str(cache.directory))
+        if self.sample_weights is not None and len(self.sample_weights) != cache.num_samples:
+            raise TrainingError(f"{len(self.sample_weights)} sample weights for {cache.num_samples} cached samples")
         return CachedTrainingDataset(cache, config.seed, config.data.text_dropout, config.data.mask_dropout,
-                                     config.data.empty_mask_dropout)
+                                     config.data.empty_mask_dropout, self.sample_weights,
+                                     config.data.first_caption_share)
 
     def _sample_records(self):
         if not self.config.sample.every:
