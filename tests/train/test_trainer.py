@@ -230,6 +230,21 @@ def test_autoencoder_stage(synthetic_data, tmp_path):
     assert (tmp_path / "ae" / "autoencoder_log.csv").read_text().startswith("step,loss,l1,l2,kl")
 
 
+def test_options_added_since_a_checkpoint_block_its_resume_only_when_set():
+    """A checkpoint saved before an option existed resumes while the option keeps its default."""
+    from facemogle.train.config import option_defaults
+    from facemogle.train.trainer import config_changes
+
+    defaults = option_defaults()
+    assert defaults["data.first_caption_share"] == 0.0 and defaults["data.balance_attributes"] is None
+    assert defaults["train.optimizer.lr"] == 1.0 and defaults["model.mogle.gating_mode"] == "dynamic"
+    saved = {"seed": 0, "data": {"text_dropout": 0.1}}
+    current = {"seed": 0, "data": {"text_dropout": 0.1, "first_caption_share": 0.0, "balance_attributes": None}}
+    assert config_changes(saved, current, allow_max_steps=True) == []
+    current["data"]["first_caption_share"] = 0.5
+    assert config_changes(saved, current, allow_max_steps=True) == ["data.first_caption_share: None -> 0.5"]
+
+
 def test_which_config_changes_block_an_exact_resume():
     from facemogle.train.trainer import config_changes
 

@@ -240,6 +240,25 @@ class TrainingConfig:
         return Path(self.output_dir) / "checkpoints"
 
 
+def option_defaults(section: type = TrainingConfig, prefix: str = "") -> dict:
+    """Dotted key -> default value of every option that has one (sections recursed into)."""
+    defaults = {}
+    for option in dataclasses.fields(section):
+        if option.default_factory is not dataclasses.MISSING:
+            value = option.default_factory()
+            if dataclasses.is_dataclass(value):
+                defaults.update(option_defaults(type(value), f"{prefix}{option.name}."))
+                continue
+        elif option.default is dataclasses.MISSING:
+            if option.name == "data":
+                defaults.update(option_defaults(DataSection, f"{prefix}data."))
+            continue
+        else:
+            value = option.default
+        defaults[f"{prefix}{option.name}"] = value
+    return defaults
+
+
 # ----------------------------------------------------------------------------------- parsing
 
 

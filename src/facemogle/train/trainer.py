@@ -129,12 +129,18 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def config_changes(saved: dict, current: dict, allow_max_steps: bool) -> list[str]:
-    """Keys whose values differ in a way that would change the training math."""
+    """Keys whose values differ in a way that would change the training math. An option the saved
+    config lacks (a checkpoint of an older version) counts as unchanged while it keeps its default."""
+    from facemogle.train.config import option_defaults
+
     old, new = _flatten(saved or {}), _flatten(current)
+    defaults = option_defaults()
     allowed = [k for k in RESUMABLE_CHANGES if allow_max_steps or k != "train.max_steps"]
     changes = []
     for key in sorted(set(old) | set(new)):
         if any(key == a or (a.endswith(".") and key.startswith(a)) for a in allowed):
+            continue
+        if key not in old and key in defaults and new.get(key) == defaults[key]:
             continue
         if old.get(key) != new.get(key):
             changes.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
