@@ -31,7 +31,7 @@ def test_the_first_sentence_of_the_captioner_is_read_back():
 
 def test_rare_attributes_get_more_weight_common_ones_none():
     captions = ([["This person wears eyeglasses."]] * 2 + [["This person has black hair."]] * 10
-                + [["This person is smiling."]] * 8 + [[]] * 0)
+                + [["This person is smiling."]] * 8)
     weights = attribute_weights(captions, target_share=0.3)
     assert weights[:2] == [pytest.approx(0.3 / 0.1)] * 2  # eyeglasses: 2 of 20 -> 3x
     assert weights[2:] == [1.0] * 18  # black hair 50 %, smiling 40 %: above the share

@@ -156,5 +156,7 @@ def test_model_card_has_a_row_for_the_emphasis_stage_when_it_ran():
     split = Split(train=("a",), val=("b",))
     report = recipe_report()
     assert "| emphasis |" not in model_card(report, split, config=None)
-    report["stages"]["emphasis"] = {**STAGE, "steps": 7}
-    assert "| emphasis | 7 | 4 | 0.5 | 1.25 | 0.75 |" in model_card(report, split, config=None)
+    report["stages"]["emphasis"] = {**STAGE, "steps": 7, "settings": {"data.empty_mask_dropout": 0.4}}
+    card = model_card(report, split, config=None)
+    assert "| emphasis | 7 | 4 | 0.5 | 1.25 | 0.75 |" in card
+    assert "`data.empty_mask_dropout: 0.4`" in card

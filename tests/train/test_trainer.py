@@ -512,6 +512,8 @@ def test_a_new_run_starts_from_another_runs_moving_average(synthetic_data, tmp_p
             for name, p in module.named_parameters()}
     assert any("lora_" not in k and k.startswith("transformer.") for k in average)  # scratch: the base too
     assert all(torch.equal(live[k].float(), v.float()) for k, v in average.items())
+    shadow = dict(zip(trainer._trainable_names(), trainer.ema.shadow_params))  # the new average starts there
+    assert all(torch.equal(shadow[k], v.float()) for k, v in average.items() if k in shadow)
     assert len(trainer.sample_weights) == trainer.num_samples
     assert type(trainer.dataloader.dataset.order).__name__ == "WeightedPositions"
     AcceleratorState._reset_state(reset_partial_state=True)

@@ -342,13 +342,16 @@ def run_recipe(settings: RecipeSettings) -> int:
     # 5b. text emphasis (from the diffusion stage's moving average)
     if settings.emphasis_config is not None:
         started = stage_header("text emphasis")
-        emphasis_overrides = dict(diffusion_overrides, **read_overrides(settings.emphasis_config),
-                                  **{"model.init_checkpoint": str(final), "output_dir": str(work / "emphasis")})
-        emphasis_steps = load_config(settings.config, emphasis_overrides).train.max_steps
+        emphasis_overrides = dict(diffusion_overrides)
+        emphasis_overrides.update(read_overrides(settings.emphasis_config))
+        emphasis_overrides.update({"model.init_checkpoint": str(final), "output_dir": str(work / "emphasis")})
+        planned = load_config(settings.config, emphasis_overrides).train
+        emphasis_steps = planned.max_steps
         if pilot:
+            emphasis_overrides.update({"sample.every": 0, "checkpoint.every": 10**6})  # over the YAML's
             emphasis_steps = pilot_steps(settings, emphasis_overrides, "emphasis", "train.max_steps",
                                          "probe-emphasis", process_threads)
-            emphasis_overrides.update({"train.lr_warmup_steps": min(base.train.lr_warmup_steps, emphasis_steps // 4)})
+            emphasis_overrides.update({"train.lr_warmup_steps": min(planned.lr_warmup_steps, emphasis_steps // 4)})
         config = load_config(settings.config, dict(emphasis_overrides, **{"train.max_steps": emphasis_steps}))
         report["stages"]["emphasis"] = finished_stage(work / "emphasis")
         if report["stages"]["emphasis"] is None:
@@ -461,13 +464,18 @@ def model_card(report: dict, split, config) -> str:
         "",
     ]
     if "emphasis" in stages:
+        from facemogle.data.balance import MAX_WEIGHT
+
+        changes = stages["emphasis"].get("settings", {})
         lines += [
-            "A text-emphasis run (`emphasis` row; configs/tiny_text_emphasis.yaml's changes to configs/tiny.yaml)",
-            "then starts from the diffusion run's moving average with a new optimizer and a quarter of its",
-            "learning rate: 40 % of samples with the empty mask, faces whose first caption sentence states an",
-            "attribute rarer than 15 % of the training faces (eyeglasses, hat, blond hair, an open mouth, ...)",
-            "drawn up to 6x more often (`facemogle.data.balance`), and half the samples captioned with that",
-            "every-fact sentence; its moving average is what is exported.",
+            "A text-emphasis run (`emphasis` row; configs/tiny_text_emphasis.yaml's changes to configs/tiny.yaml:",
+            ", ".join(f"`{k}: {v}`" for k, v in changes.items()) + ")",
+            "then starts from the diffusion run's moving average with a new optimizer, schedule and moving",
+            "average (its warm-up restarts): more samples with the empty mask, faces whose first caption",
+            "sentence states an attribute rarer than `data.balance_attributes` of the training faces (eyeglasses,",
+            f"hat, blond hair, an open mouth, ...) drawn up to {MAX_WEIGHT:g}x more often (`facemogle.data.balance`),",
+            "and `data.first_caption_share` of the samples captioned with that every-fact sentence; its moving",
+            "average is what is exported.",
             "",
         ]
     lines += [
@@ -517,7 +525,8 @@ def model_card(report: dict, split, config) -> str:
         "  shapes only roughly; hand-drawn masks unlike CelebAMask-HQ's are followed more loosely.",
         "- Captions cover only what the auto-captioner measures (hair colour and length, accessories, smile,",
         "  open mouth, colours); other words are ignored or misread. Text-only faces come from the empty mask",
-        "  (every condition map blank), which 15 % of the training samples had.",
+        "  (every condition map blank), which 15 % of the diffusion run's samples had (40 % of the text-emphasis",
+        "  run's).",
         "- Trained on CelebA-HQ celebrities: the demographic bias of that set carries over.",
         "",
     ]

@@ -55,8 +55,9 @@ logger = logging.getLogger(__name__)
 
 #: Config keys that may change between a checkpoint and its resumption (they do not change the math).
 #: ``data.root`` may move: the training stems are compared instead (``TrainerState.stems_digest``).
+#: ``model.init_checkpoint`` may move too: a resumed run takes its weights from its own checkpoint.
 RESUMABLE_CHANGES = ("train.max_steps", "checkpoint.", "log.", "sample.", "data.root", "data.num_workers",
-                     "cache.dir", "cache.encode_batch_size", "output_dir")
+                     "cache.dir", "cache.encode_batch_size", "output_dir", "model.init_checkpoint")
 
 
 # ----------------------------------------------------------------------------------- model
@@ -239,20 +240,24 @@ class Trainer:
         self.index, records = open_training_records(config)
         faces = FaceDataset(records, config.data.resolution, config.data.image_resize, config.data.mask_order)
         self.num_samples = len(records)
-        self.stems_digest = hashlib.sha256("\n".join(r.stem for r in records).encode()).hexdigest()
-        if state is not None and (state.num_samples, state.stems_digest) != (self.num_samples, self.stems_digest):
-            raise CheckpointError(f"cannot resume {self.resume_dir} exactly: the training set changed "
-                                  f"({state.num_samples} samples then, {self.num_samples} now, or other stems)")
-        factor = vae_downsample_factor(pipe.vae)
-        latent_side = config.data.resolution // factor
-        token_shape = ((latent_side // 2) ** 2, pipe.transformer.config.in_channels)
-        self.img_ids = latent_image_ids(latent_side, latent_side, device=accelerator.device)
-        self.cache_stats: dict = {}
         self.sample_weights = None
         if config.data.balance_attributes is not None:
             from facemogle.data.balance import attribute_weights
 
             self.sample_weights = attribute_weights([list(r.captions) for r in records], config.data.balance_attributes)
+        identity = "\n".join(r.stem for r in records)
+        if self.sample_weights is not None:  # weights come from the captions: new captions, another stream
+            identity += "\nweights " + " ".join(f"{w:.6g}" for w in self.sample_weights)
+        self.stems_digest = hashlib.sha256(identity.encode()).hexdigest()
+        if state is not None and (state.num_samples, state.stems_digest) != (self.num_samples, self.stems_digest):
+            raise CheckpointError(f"cannot resume {self.resume_dir} exactly: the training set changed "
+                                  f"({state.num_samples} samples then, {self.num_samples} now, or other stems or "
+                                  "sample weights)")
+        factor = vae_downsample_factor(pipe.vae)
+        latent_side = config.data.resolution // factor
+        token_shape = ((latent_side // 2) ** 2, pipe.transformer.config.in_channels)
+        self.img_ids = latent_image_ids(latent_side, latent_side, device=accelerator.device)
+        self.cache_stats: dict = {}
         if config.cache.enabled:
             dataset = self._cached_dataset(faces)
         else:
