@@ -46,6 +46,18 @@ def test_agreement_and_chance():
     assert table["smiling"]["true"]["chance"] == 0.0
 
 
+def test_an_attribute_with_one_prompted_value_takes_its_chance_from_every_other_prompt():
+    read = {
+        ("hair_length", "long"): [{"hair_length": "long"}] * 3 + [{"hair_length": None}],
+        ("hat", True): [{"hair_length": "long", "hat": True}] + [{"hair_length": None, "hat": True}] * 3,
+        ("hair_colour", "black"): [{"hair_length": None}] * 4,
+        ("hair_colour", "brown"): [{"hair_length": "long"}] * 4,
+    }
+    table = agreement_table(read)
+    assert table["hair_length"]["long"] == {"agreement": 0.75, "chance": pytest.approx(5 / 12), "samples": 4}
+    assert table["hair_colour"]["black"]["chance"] == 0.0  # two colours asked: only the other colour counts
+
+
 class FakePipe:
     """Returns grey images and records the calls."""
 
@@ -85,8 +97,10 @@ def test_text_only_faces_counts_and_seeds():
 def test_text_control_pairs_seeds_and_masks():
     pipe = FakePipe()
     result = text_control(Sampler(pipe, size=32, seed=0), FakeParser(), samples=2, masks=["m0", "m1", "m2"])
-    assert set(result["text_only"]) == {"hair_colour", "eyeglasses", "hat", "smiling", "mouth_open"}
-    assert set(result["with_masks"]) == {"hair_colour"}
+    assert set(result["text_only"]) == {"hair_colour", "hair_length", "eyeglasses", "hat", "earrings", "necklace",
+                                        "smiling", "mouth_open", "background_colour"}
+    assert set(result["with_masks"]) == {"hair_colour", "background_colour"}
+    assert set(result["with_masks"]["background_colour"]) == {"white", "black", "grey"}
     text_only_calls = [c for c in pipe.calls if c["mask"] is None]
     assert all(c["seed"] == [0, 1] for c in text_only_calls)  # sample k of every prompt: seed k
     assert all(c["mask"] == ["m0", "m1"] for c in pipe.calls if c["mask"] is not None)

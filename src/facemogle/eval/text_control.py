@@ -5,12 +5,13 @@ Two measurements of a model, both read back with the project's own face parser a
 
 * :func:`text_only_faces`: faces from prompts alone (the empty mask, the paper's text-only mode);
   the share of them in which the parser finds every part of :data:`FACE_PARTS`.
-* :func:`text_control`: for every attribute the captioner reads (hair colour, eyeglasses, hat,
-  smile, open mouth), faces from prompts that name one of its values, text-only and, for hair
-  colour (which no mask fixes), over masks as well. **Agreement** = how often the read-back value
-  is the prompted one; **chance** = how often it comes out that value when the prompt names
-  another (another hair colour; for yes/no attributes, a prompt about something else). Samples
-  are paired: sample ``k`` of every prompt uses seed ``seed + k`` (and, with masks, mask ``k``).
+* :func:`text_control`: for every attribute the captioner reads (hair colour and length,
+  eyeglasses, hat, earrings, necklace, smile, open mouth, background colour), faces from prompts
+  that name one of its values, text-only and, for the colours no mask fixes (hair, background),
+  over masks as well. **Agreement** = how often the read-back value is the prompted one;
+  **chance** = how often it comes out that value when the prompt names another (another colour;
+  for an attribute with one prompt, a prompt about something else). Samples are paired: sample
+  ``k`` of every prompt uses seed ``seed + k`` (and, with masks, mask ``k``).
 
 Generated images are marked nowhere (``watermark=False``): they are scored and dropped.
 """
@@ -31,14 +32,25 @@ MIN_PART_PIXELS = 5
 #: Hair colours asked for: the ones with more than 50 training faces (the captioner also names
 #: red, grey and white, each on a handful of the 800).
 HAIR_COLOURS = ("black", "brown", "blond")
-#: attribute -> {value: prompt}. Yes/no attributes have one prompt (value True).
+#: Background colours asked for: the three most common of the training captions (white, black,
+#: grey: 46 % of the 900 faces together; blue next with 6 %).
+BACKGROUND_COLOURS = ("white", "black", "grey")
+#: attribute -> {value: prompt}, in the captioner's first-sentence wording. Yes/no attributes have
+#: one prompt (value True); so has hair length (the captioner says "long" or nothing).
 PROMPTS: dict[str, dict] = {
     "hair_colour": {c: f"This person has {c} hair." for c in HAIR_COLOURS},
+    "hair_length": {"long": "This person has long hair."},
     "eyeglasses": {True: "This person wears eyeglasses."},
     "hat": {True: "This person wears a hat."},
+    "earrings": {True: "This person wears earrings."},
+    "necklace": {True: "This person wears a necklace."},
     "smiling": {True: "This person is smiling."},
     "mouth_open": {True: "This person has an open mouth."},
+    "background_colour": {c: f"This person is in front of a {c} background." for c in BACKGROUND_COLOURS},
 }
+#: Attributes a mask leaves free (it fixes where hair and background are, not their colour):
+#: measured over masks as well.
+MASK_FREE = ("hair_colour", "background_colour")
 #: Images per pipeline call.
 BATCH = 4
 
@@ -98,7 +110,7 @@ def read_attributes(parser, images: list[Image.Image]) -> list[dict]:
 
 def text_control(sampler: Sampler, parser, samples: int = 16, masks: list | None = None) -> dict:
     """Agreement vs chance per attribute value (module docstring): text-only, and over ``masks``
-    (at least ``samples`` of them) for hair colour.
+    (at least ``samples`` of them) for the :data:`MASK_FREE` attributes.
 
     Returns ``{"text_only": {attribute: {value: {"agreement", "chance"}}}, "with_masks": {...},
     "samples_per_prompt": samples}``.
@@ -112,9 +124,9 @@ def text_control(sampler: Sampler, parser, samples: int = 16, masks: list | None
     if masks is not None:
         if len(masks) < samples:
             raise ValueError(f"text_control needs {samples} masks, got {len(masks)}")
-        over_masks = {("hair_colour", value): read_attributes(
+        over_masks = {(attribute, value): read_attributes(
             parser, sampler.draw([prompt] * samples, masks=list(masks[:samples])))
-            for value, prompt in PROMPTS["hair_colour"].items()}
+            for attribute in MASK_FREE for value, prompt in PROMPTS[attribute].items()}
         result["with_masks"] = agreement_table(over_masks)
     return result
 
@@ -122,11 +134,16 @@ def text_control(sampler: Sampler, parser, samples: int = 16, masks: list | None
 def agreement_table(read: dict) -> dict:
     """``read``: (attribute, prompted value) -> read-back attribute dicts. Per (attribute, value):
     agreement = share read back as the value; chance = share read back as it among the samples of
-    the other prompts (another value of the attribute, or for a yes/no one every other prompt)."""
+    the other prompts (another value of the attribute, or for an attribute prompted with one value
+    only, such as a yes/no one, every other prompt)."""
     table: dict = {}
+    values_asked = {}
+    for attribute, _ in read:
+        values_asked[attribute] = values_asked.get(attribute, 0) + 1
     for (attribute, value), rows in read.items():
+        single = values_asked[attribute] == 1
         others = [r for (a, v), rs in read.items() if (a, v) != (attribute, value)
-                  and (a == attribute or isinstance(value, bool)) for r in rs]
+                  and (a == attribute or single) for r in rs]
         match = lambda r: r.get(attribute) == value  # noqa: E731
         table.setdefault(attribute, {})[str(value).lower() if isinstance(value, bool) else value] = {
             "agreement": float(np.mean([match(r) for r in rows])) if rows else float("nan"),

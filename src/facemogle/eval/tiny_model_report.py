@@ -432,8 +432,8 @@ parser's accuracy on the real photos at full size (512 px); the ceiling is the s
 Text control (`facemogle.eval.text_control`): {m['text_control']['samples_per_prompt']} faces per prompt, read back with
 the shipped parser and the captioner (`facemogle caption`'s attribute reader). Agreement: the face has
 the prompted value; chance: the face has that value when the prompt names another (another hair colour;
-for a yes/no attribute, a prompt about something else). "with-masks": over validation masks, which leave
-hair colour free.
+for an attribute with one prompt, a prompt about something else). "with-masks": over validation masks,
+which leave hair and background colour free.
 
 | mode | attribute | value | agreement | chance | faces | first v2: agreement / chance |
 |---|---|---|---|---|---|---|
