@@ -12,7 +12,7 @@ Finished stages are reused when the script runs again with the same ``--work-dir
 recipe end to end and measure each stage's throughput; its export goes to ``<work>/export``
 unless ``--export`` is given.
 
-    python scripts/train_tiny_model.py                       # the full run (~2 h on 2 cores)
+    python scripts/train_tiny_model.py                       # the full run (~3.5 h on 2 cores)
     python scripts/train_tiny_model.py --pilot-minutes 8 --work-dir /tmp/tiny-pilot
 """
 

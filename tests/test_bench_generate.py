@@ -195,3 +195,14 @@ def test_cache_goals_name_the_best_setting_and_the_shortfall():
     assert condition["missed_vs_base_by"] == pytest.approx(0.07)
     assert goals["step_cache"] == {"setting": "s1", "target_speedup": 1.5, "speedup": 1.53, "fid_style_change": -0.035,
                                    "met": True}
+
+
+def test_bench_steps_default_to_the_models_own(tmp_path):
+    from facemogle.cli.bench import model_default_steps
+    from facemogle.specs import TINY_NUM_INFERENCE_STEPS
+
+    assert model_default_steps("tiny", {}) == TINY_NUM_INFERENCE_STEPS
+    assert model_default_steps("tiny-random", {}) == 20  # no inference settings: 20
+    (tmp_path / "pipeline").mkdir()
+    (tmp_path / "pipeline" / "model_index.json").write_text(json.dumps({"default_num_inference_steps": 7}))
+    assert model_default_steps("saved", {"path": tmp_path}) == 7  # a checkpoint's saved pipeline

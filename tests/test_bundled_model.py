@@ -80,12 +80,14 @@ def test_same_seed_same_face_any_mask_format(pipe, example_mask_ids, tmp_path):
 
 
 def test_ships_with_its_sampling_setting(pipe):
-    from facemogle.specs import SCRATCH_GUIDANCE_SCALE, TINY_MASK_GUIDANCE_SCALE, TINY_TEXT_GUIDANCE
+    from facemogle.specs import (SCRATCH_GUIDANCE_SCALE, TINY_MASK_GUIDANCE_SCALE, TINY_NUM_INFERENCE_STEPS,
+                                 TINY_TEXT_GUIDANCE)
 
     assert pipe.default_guidance_scale == SCRATCH_GUIDANCE_SCALE
     assert pipe.default_mask_guidance_scale == TINY_MASK_GUIDANCE_SCALE
     assert pipe.default_text_guidance is TINY_TEXT_GUIDANCE
-    assert (pipe.default_sample_size * pipe.vae_scale_factor, pipe.default_num_inference_steps) == (128, 20)
+    assert TINY_NUM_INFERENCE_STEPS == 12
+    assert (pipe.default_sample_size * pipe.vae_scale_factor, pipe.default_num_inference_steps) == (128, 12)
 
 
 def test_cli_generate_uses_the_bundled_model_by_default(tmp_path, capsys):
@@ -114,7 +116,7 @@ def test_card_states_licence_recipe_and_the_measured_numbers():
     bench = metrics["bench_generate"]
     assert bench["size"] >= 128 and bench["steps"] <= 20 and bench["threads"] == 2
     assert bench["mask_text_median_s"] <= 3.0
-    assert len(metrics["gate_weights"]) == 20
+    assert len(metrics["gate_weights"]) == metrics["steps"] == bench["steps"]  # one gate reading per step
 
 
 #: Caption-style prompts (the captioner's phrasing) of the text-only test.

@@ -56,7 +56,8 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="SPEC",
                    help="model spec name, or a saved pipeline / checkpoint directory (default: the default model)")
     p.add_argument("--size", type=int, default=128, help="output height and width in pixels (default 128)")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps per image (default 20)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps per image (default: the model's own: 12 for tiny, else 20)")
     p.add_argument("--runs", type=int, default=5, help="timed images per variant; the median is reported (default 5)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--prompt", default=None, help="the prompt of both variants (default: a short face description)")
@@ -85,6 +86,8 @@ def _bench_generate(args: argparse.Namespace) -> dict:
         spec, options = checkpoint_spec(spec)
     if args.quality_masks and not args.caches:
         raise InputError("--quality-masks needs --caches (it measures the cache settings)")
+    if args.steps is None:
+        args.steps = model_default_steps(spec, options)
     report = bench_generate(spec, size=args.size, steps=args.steps, runs=args.runs, threads=args.threads,
                             spec_options=options, prompt=args.prompt if args.prompt is not None else DEFAULT_PROMPT,
                             caches=args.caches, quality_data=args.quality_data, quality_masks=args.quality_masks,
@@ -101,6 +104,23 @@ def _bench_generate(args: argparse.Namespace) -> dict:
             command += ["--prompt", args.prompt]
         report["thread_policy"] = bench_thread_policy(command, runs=args.runs)
     return report
+
+
+def model_default_steps(spec: str, options: dict) -> int:
+    """A model's default denoising steps: a saved pipeline's ``default_num_inference_steps``, else the
+    spec's inference settings, else 20."""
+    import json
+
+    from facemogle.specs import get_spec, saved_pipeline_dir
+
+    saved = saved_pipeline_dir(options["path"]) if options.get("path") else None
+    index = None if saved is None else saved / "model_index.json"
+    if index is not None:
+        steps = json.loads(index.read_text(encoding="utf-8")).get("default_num_inference_steps")
+        if isinstance(steps, int) and steps > 0:
+            return steps
+    inference = get_spec(spec).inference
+    return inference[1] if inference else 20
 
 
 def _edit_arguments(p: argparse.ArgumentParser) -> None:

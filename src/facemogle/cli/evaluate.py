@@ -136,7 +136,8 @@ def add_parser(subparsers) -> None:
     protocol.add_argument("--mode", choices=[*MODES, ALL_MODES],
                           help="mask+text (default), mask (empty prompt), text (empty mask) or all three")
     protocol.add_argument("--limit", type=int, metavar="N", help="evaluate the first N images only (smoke runs)")
-    protocol.add_argument("--steps", type=int, help=f"denoising steps (default {PAPER_NUM_STEPS}; tiny: 20)")
+    protocol.add_argument("--steps", type=int,
+                          help=f"denoising steps (default {PAPER_NUM_STEPS}; tiny: its own default)")
     protocol.add_argument("--guidance", type=float, help=f"FLUX guidance scale (default {PAPER_GUIDANCE}; tiny: 1.0)")
     protocol.add_argument("--size", type=int, help=f"generated height and width in pixels (default {PAPER_SIZE}; tiny: 128)")
     protocol.add_argument("--work-dir", type=Path, metavar="DIR", help="where the generated faces and reports go")

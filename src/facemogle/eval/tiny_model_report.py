@@ -2,7 +2,7 @@
 
 The last stage of ``make tiny-model`` (``scripts/evaluate_tiny_model.py``). For every validation
 face of the recipe's split (``<work>/split.json``), :func:`evaluate_tiny_model` generates one image
-from its mask and its first caption sentence (128 px, 20 steps, its own seed:
+from its mask and its first caption sentence (128 px, the model's default steps, its own seed:
 ``paper_protocol.image_seed``) and the face parser reads it back. Measured (all at 128 x 128, masks
 resized with nearest neighbour):
 
@@ -37,11 +37,12 @@ from PIL import Image
 
 from facemogle.files import atomic_write, atomic_write_text
 from facemogle.labels import CLASS_NAMES, NUM_CLASSES
+from facemogle.specs import TINY_NUM_INFERENCE_STEPS
 
 #: Side (px) of the generated images, and of the real photos and masks they are compared with.
 SIZE = 128
-#: Denoising steps per generated image.
-STEPS = 20
+#: Denoising steps per generated image: the bundled model's default.
+STEPS = TINY_NUM_INFERENCE_STEPS
 #: Faces shown in the sample grid.
 SAMPLE_ROWS = 6
 #: Images per pipeline call; also the faces of the one batch generated for the gate plot when every

@@ -384,7 +384,8 @@ def export_pipeline(checkpoint: Path, export: Path, report: dict, split, config,
     folder's place, so an interrupt leaves the old export or the new one. Adds ``report["export"]``
     (folder, size, parameter counts).
     """
-    from facemogle.specs import SCRATCH_GUIDANCE_SCALE, TINY_MASK_GUIDANCE_SCALE, TINY_TEXT_GUIDANCE, load_pipeline
+    from facemogle.specs import (SCRATCH_GUIDANCE_SCALE, TINY_MASK_GUIDANCE_SCALE, TINY_NUM_INFERENCE_STEPS,
+                                 TINY_TEXT_GUIDANCE, load_pipeline)
     from facemogle.train.text_encoders import SCORE_FILE
 
     from facemogle.train.checkpoint import apply_ema_weights
@@ -398,7 +399,9 @@ def export_pipeline(checkpoint: Path, export: Path, report: dict, split, config,
         pipe.vae.register_to_config(smoothing_steps=TINY_VAE["smoothing_steps"])
     pipe.register_to_config(default_guidance_scale=SCRATCH_GUIDANCE_SCALE,  # the only guidance it was trained with
                             default_mask_guidance_scale=TINY_MASK_GUIDANCE_SCALE,
-                            default_text_guidance=TINY_TEXT_GUIDANCE)
+                            default_text_guidance=TINY_TEXT_GUIDANCE,
+                            default_num_inference_steps=TINY_NUM_INFERENCE_STEPS)
+    pipe.default_num_inference_steps = TINY_NUM_INFERENCE_STEPS
     pipe.default_guidance_scale = SCRATCH_GUIDANCE_SCALE
     pipe.default_mask_guidance_scale = TINY_MASK_GUIDANCE_SCALE
     pipe.default_text_guidance = TINY_TEXT_GUIDANCE
@@ -433,6 +436,7 @@ def model_card(report: dict, split, config) -> str:
         split: the :class:`facemogle.data.splits.Split` the model was trained on.
         config: the diffusion stage's config (unused; kept for the recipe's call).
     """
+    from facemogle.specs import TINY_NUM_INFERENCE_STEPS
     from facemogle.train.text_encoders import SCORE_FILE
 
     stages = report["stages"]
@@ -443,7 +447,7 @@ def model_card(report: dict, split, config) -> str:
         "Face-MoGLE at toy size: a FLUX-style transformer (2 double + 4 single blocks, width 256), the paper's",
         "MoGLE (16 latent channels, 64-wide packed tokens), a 16-channel /4 PCA patch autoencoder",
         "(facemogle.patch_autoencoder) and a byte-level CLIP / T5 text encoder pair, all fitted or trained from",
-        "scratch on this machine. 128 x 128 px = 32 x 32 latents = 16 x 16 tokens per face; 20 steps.",
+        f"scratch on this machine. 128 x 128 px = 32 x 32 latents = 16 x 16 tokens per face; {TINY_NUM_INFERENCE_STEPS} steps.",
         "",
         "## Data and licence",
         "",
@@ -518,7 +522,7 @@ def model_card(report: dict, split, config) -> str:
         "",
         "## Known limits",
         "",
-        "- 128 px and 800 training faces, about 2 hours of 2 CPU cores: faces are rough, with patchy 4 x 4",
+        "- 128 px and 800 training faces, about 3.5 hours of 2 CPU cores: faces are rough, with patchy 4 x 4",
         "  texture where the model is unsure (the PCA codec has no decoder of its own to hide it) and little",
         "  variety; not a substitute for FLUX.1-dev.",
         "- Mask control is per token (8 x 8 px): small parts come out where the mask puts them, but their",
@@ -527,6 +531,8 @@ def model_card(report: dict, split, config) -> str:
         "  open mouth, colours); other words are ignored or misread. Text-only faces come from the empty mask",
         "  (every condition map blank), which 15 % of the diffusion run's samples had (40 % of the text-emphasis",
         "  run's).",
+        "- Text control is partial (the text-control table above): hair colour, eyeglasses and an open mouth",
+        "  follow the prompt only part of the time; hats and necklaces are not drawn from text.",
         "- Trained on CelebA-HQ celebrities: the demographic bias of that set carries over.",
         "",
     ]
