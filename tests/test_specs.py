@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from facemogle.errors import CheckpointError
-from facemogle.specs import (TINY_SAMPLE_SIZE, TINY_TEXT_WIDTH, TINY_TRANSFORMER, available_specs, load_pipeline)
+from facemogle.specs import (TINY_NUM_INFERENCE_STEPS, TINY_SAMPLE_SIZE, TINY_TEXT_WIDTH, TINY_TRANSFORMER, available_specs,
+                             load_pipeline)
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def test_registered_and_flux_shaped(tiny_random):
     assert transformer.in_channels == tiny_random.vae.config.latent_channels * 4 == tiny_random.mogle.config.token_dim
     assert sum(TINY_TRANSFORMER["axes_dims_rope"]) == TINY_TRANSFORMER["attention_head_dim"]
     assert tiny_random.vae_scale_factor * TINY_SAMPLE_SIZE == 128
-    assert tiny_random.default_num_inference_steps == 20
+    assert tiny_random.default_num_inference_steps == TINY_NUM_INFERENCE_STEPS == 12
     assert tiny_random.text_encoder.config.hidden_size == transformer.pooled_projection_dim == TINY_TEXT_WIDTH
     assert tiny_random.text_encoder_2.config.d_model == transformer.joint_attention_dim
 
