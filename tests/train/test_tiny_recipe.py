@@ -61,6 +61,7 @@ def test_time_per_step_leaves_out_the_warm_up_step():
 
     assert time_per_step(run_steps) == pytest.approx(1.5)
     assert calls == [3]
+    assert time_per_step(lambda n: [4.0]) == pytest.approx(4.0)  # a fitted stage reports one step
 
 
 def test_stage_report_summarises_throughput_and_loss():

@@ -118,9 +118,11 @@ def steps_in(budget_s: float, seconds_per_step: float, at_least: int = 2) -> int
 
 def time_per_step(run_steps: Callable[[int], list], probe_steps: int = PROBE_STEPS) -> float:
     """Seconds per step of a short probe run (``run_steps(n)`` runs n steps, returns step seconds);
-    the first step (warm-up) is left out when there are more."""
+    the first step (warm-up) is left out when there are more (a fitted stage, such as the PCA
+    autoencoder, reports one step)."""
     seconds = run_steps(probe_steps)
-    return sum(seconds[1:]) / max(1, len(seconds) - 1)
+    timed = seconds[1:] or seconds
+    return sum(timed) / max(1, len(timed))
 
 
 # ----------------------------------------------------------------------------------- stage reports
@@ -193,6 +195,7 @@ def pilot_steps(settings: RecipeSettings, overrides: dict, stage: str, max_steps
     from facemogle.train.config import load_config
 
     work = settings.work_dir
+    shutil.rmtree(work / probe_name, ignore_errors=True)  # a throwaway run: an earlier probe's is not resumed
     probe = load_config(settings.config, dict(overrides, **{max_steps_key: PROBE_STEPS,
                                                              "output_dir": str(work / probe_name)}))
     per_step = time_per_step(lambda n: run_training(probe, settings.processes, threads, probe_name, work,
@@ -226,6 +229,22 @@ def train_text_stage(settings: RecipeSettings, common: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------- the recipe
+
+
+def trained_stage(config, settings: RecipeSettings, name: str, threads: int, started: float,
+                  with_cache_stats: bool = False, extra: dict | None = None) -> dict:
+    """A diffusion-trainer stage (5 or 5b) in ``<work>/<name>``: its report when it finished earlier,
+    else trained (an interrupted stage continues from its latest checkpoint: same samples and draws)
+    and its report written; ``extra`` entries join the report."""
+    work = settings.work_dir
+    done = finished_stage(work / name)
+    if done is not None:
+        return done
+    result = run_training(config, settings.processes, threads, name, work, progress=not settings.pilot, resume=True)
+    return finish_stage(work / name, stage_report(
+        result.step_seconds, result.losses, config.train.batch_size, time.perf_counter() - started,
+        cache=result.cache_stats if with_cache_stats else None, final_checkpoint=str(result.final_checkpoint),
+        **(extra or {})))
 
 
 def read_overrides(path: Path) -> dict:
@@ -328,14 +347,8 @@ def run_recipe(settings: RecipeSettings) -> int:
                             process_threads)
         diffusion_overrides.update({"train.lr_warmup_steps": min(base.train.lr_warmup_steps, steps // 4)})
     config = load_config(settings.config, dict(diffusion_overrides, **{"train.max_steps": steps}))
-    report["stages"]["diffusion"] = finished_stage(work / "diffusion")
-    if report["stages"]["diffusion"] is None:
-        # an interrupted recipe continues from the stage's latest checkpoint (same samples and draws)
-        result = run_training(config, settings.processes, process_threads, "diffusion", work, progress=not pilot,
-                              resume=True)
-        report["stages"]["diffusion"] = finish_stage(work / "diffusion", stage_report(
-            result.step_seconds, result.losses, config.train.batch_size, time.perf_counter() - started,
-            cache=result.cache_stats, final_checkpoint=str(result.final_checkpoint)))
+    report["stages"]["diffusion"] = trained_stage(config, settings, "diffusion", process_threads, started,
+                                                  with_cache_stats=True)
 
     final = Path(report["stages"]["diffusion"]["final_checkpoint"])
 
@@ -353,13 +366,8 @@ def run_recipe(settings: RecipeSettings) -> int:
                                          "probe-emphasis", process_threads)
             emphasis_overrides.update({"train.lr_warmup_steps": min(planned.lr_warmup_steps, emphasis_steps // 4)})
         config = load_config(settings.config, dict(emphasis_overrides, **{"train.max_steps": emphasis_steps}))
-        report["stages"]["emphasis"] = finished_stage(work / "emphasis")
-        if report["stages"]["emphasis"] is None:
-            result = run_training(config, settings.processes, process_threads, "emphasis", work, progress=not pilot,
-                                  resume=True)
-            report["stages"]["emphasis"] = finish_stage(work / "emphasis", stage_report(
-                result.step_seconds, result.losses, config.train.batch_size, time.perf_counter() - started,
-                final_checkpoint=str(result.final_checkpoint), settings=read_overrides(settings.emphasis_config)))
+        report["stages"]["emphasis"] = trained_stage(config, settings, "emphasis", process_threads, started,
+                                                     extra={"settings": read_overrides(settings.emphasis_config)})
         final = Path(report["stages"]["emphasis"]["final_checkpoint"])
 
     # 6. export
