@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from facemogle.eval.text_control import (FACE_PARTS, MIN_PART_PIXELS, Sampler, agreement_table, parts_found,
-                                         text_control, text_only_faces)
+                                         share_with_every_part, text_control, text_only_faces)
 from facemogle.labels import class_id
 
 
@@ -92,6 +94,11 @@ def test_text_only_faces_counts_and_seeds():
     assert result["per_part"]["nose"] == pytest.approx(0.8) and result["per_part"]["hair"] == 1.0
     assert [s for c in pipe.calls for s in c["seed"]] == list(range(10, 20))
     assert all(c["mask"] is None and c["watermark"] is False for c in pipe.calls)
+
+
+def test_share_with_every_part_reads_the_parses():
+    assert share_with_every_part(FakeParser(missing_every=5), [Image.new("RGB", (8, 8))] * 10) == pytest.approx(0.8)
+    assert math.isnan(share_with_every_part(FakeParser(), []))
 
 
 def test_text_control_pairs_seeds_and_masks():

@@ -40,7 +40,7 @@ def metrics(ratio: float = 0.407, small_part: float = 0.35) -> dict:
         "fid_style_parser_features": {"generated_vs_real_val": 3.51, "real_train_vs_real_val": 0.8},
         "text_score": {"generated_own_caption": 30.0, "generated_other_caption": 20.0,
                        "real_own_caption": 40.0, "real_other_caption": 10.0},
-        "text_only": {"samples": 100, "all_parts": 0.97, "per_part": {}},
+        "text_only": {"samples": 100, "all_parts": 0.97, "per_part": {}, "real_photos_all_parts": 0.96},
         "text_control": {"samples_per_prompt": 16,
                          "text_only": {"hair_colour": {"black": {"agreement": 0.75, "chance": 0.25, "samples": 16},
                                                        "blond": {"agreement": 0.625, "chance": 0.0, "samples": 16}},
@@ -140,6 +140,7 @@ def test_card_section_states_numbers_and_verdict():
     assert "| text-only | hat | true | 50 % | 6 % | 16 | 0 % / 0 % |" in below
     assert "| with-masks | hair_colour | black | 80 % | 10 % | 16 | 88 % / 25 % |" in below
     assert "| IoU ears (lowest of its classes; target > 0.3) | 0.000 | 0.470 | 0.350 |" in below
+    assert "| ceiling: real validation photos at 128 px with every part |  |  | 96 % |" in below
     assert "Mask control meets the target" in card_metrics_section(metrics(0.85))
     assert "below the target" in card_metrics_section(metrics(0.85, small_part=0.2))  # a small part fails
 

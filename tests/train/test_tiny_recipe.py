@@ -161,3 +161,8 @@ def test_model_card_has_a_row_for_the_emphasis_stage_when_it_ran():
     card = model_card(report, split, config=None)
     assert "| emphasis | 7 | 4 | 0.5 | 1.25 | 0.75 |" in card
     assert "`data.empty_mask_dropout: 0.4`" in card
+    assert "data.balance_hair_colour" not in card and "data.complete_faces_only" not in card
+    report["stages"]["emphasis"]["settings"].update({"data.balance_hair_colour": True, "data.complete_faces_only": True})
+    card = model_card(report, split, config=None)
+    assert "With `data.balance_hair_colour` every hair colour" in card
+    assert "With `data.complete_faces_only` the faces whose mask lacks" in card

@@ -522,3 +522,43 @@ def test_a_new_run_starts_from_another_runs_moving_average(synthetic_data, tmp_p
     fresh.setup()
     fresh_mogle = {f"mogle.{name}": p for name, p in fresh.pipe.mogle.named_parameters()}
     assert any(not torch.equal(p.float(), average[k].float()) for k, p in fresh_mogle.items() if k in average)
+
+
+def test_sample_weights_combine_the_balance_options_and_drop_incomplete_faces(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from facemogle.data.datasets import FaceRecord
+    from facemogle.errors import InputError
+    from facemogle.face_parts import FACE_PARTS
+    from facemogle.labels import class_id
+    from facemogle.train.trainer import training_sample_weights
+
+    def record(name: str, caption: str, missing: str | None = None) -> FaceRecord:
+        ids = np.zeros((128, 128), np.uint8)
+        for k, names in enumerate(FACE_PARTS):
+            if missing not in names:
+                ids[k * 8:k * 8 + 8, :8] = class_id(names[0])
+        Image.fromarray(ids, "L").save(tmp_path / f"{name}.png")
+        return FaceRecord(name, tmp_path / f"{name}.jpg", tmp_path / f"{name}.png", (caption,))
+
+    records = [record("a", "This person has black hair."), record("b", "This person has black hair."),
+               record("c", "This person has blond hair."), record("d", "This person has blond hair.", "left eye")]
+
+    def weights(**options):
+        data = {"balance_attributes": None, "balance_hair_colour": False, "complete_faces_only": False,
+                "mask_order": "official", **options}
+        return training_sample_weights(SimpleNamespace(data=SimpleNamespace(**data)), records)
+
+    assert weights() is None  # no option: epoch permutations
+    assert weights(balance_hair_colour=True) == [1.0, 1.0, 1.0, 1.0]  # two of each colour already
+    assert weights(complete_faces_only=True) == [1.0, 1.0, 1.0, 0.0]  # "d" has no left eye
+    records[1] = record("b", "This person has blond hair.", "nose")
+    records[0] = record("a", "This person has black hair.")
+    assert weights(balance_hair_colour=True, complete_faces_only=True) == [3.0, 0.0, 1.0, 0.0]
+    records[0] = record("a", "This person has black hair.", "hair")
+    assert weights(complete_faces_only=True) == [0.0, 0.0, 1.0, 0.0]
+    records[2] = record("c", "This person has blond hair.", "face skin")
+    with pytest.raises(InputError, match="no training mask shows every face part"):
+        weights(complete_faces_only=True)

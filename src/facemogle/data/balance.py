@@ -8,6 +8,13 @@ fact about the face, :func:`facemogle.data.captions.phrasing.phrase`): a face sh
 of training frequency ``f`` below ``target_share`` gets weight ``target_share / f`` (at most
 ``max_weight``); the others weight 1. Used with :class:`facemogle.data.stream.WeightedPositions`
 (config ``data.balance_attributes``).
+
+Two more options reshape the stream the same way (config ``data.balance_hair_colour``,
+``data.complete_faces_only``): :func:`attribute_weights` ``equal_hair_colours`` draws every hair
+colour as often as the commonest one (a text-only model hears "brown hair" as often as "black
+hair"), and :func:`complete_face_weights` gives weight 0 to the faces whose mask lacks an eye,
+the nose, the lips, the hair or the skin (7 % of the training masks: a face turned aside, an eye
+under the hair), so that a run emphasising text-only faces draws whole ones.
 """
 
 from __future__ import annotations
@@ -33,19 +40,36 @@ def caption_attributes(sentence: str) -> frozenset[str]:
     return frozenset(name for name, pattern in ATTRIBUTE_PATTERNS.items() if pattern.search(text))
 
 
-def attribute_weights(captions: list, target_share: float, max_weight: float = MAX_WEIGHT) -> list[float]:
+def attribute_weights(captions: list, target_share: float | None, max_weight: float = MAX_WEIGHT,
+                      equal_hair_colours: bool = False) -> list[float]:
     """One sampling weight per face (``captions``: each face's caption sentences, first = all facts).
 
     A face's weight is the largest ``min(max_weight, target_share / f)`` over the attributes it
-    shows whose training frequency ``f`` is below ``target_share``; 1 when it shows none. Faces
+    shows whose training frequency ``f`` is below ``target_share`` (None: no such boost); 1 when
+    it shows none. With ``equal_hair_colours`` a face whose hair colour has frequency ``f`` gets at
+    least ``min(max_weight, f_top / f)``, ``f_top`` the commonest colour's frequency. Faces
     without captions weight 1.
     """
     stated = [caption_attributes(c[0]) if c else frozenset() for c in captions]
     counts = Counter(name for names in stated for name in names)
     n = max(len(captions), 1)
-    boost = {name: min(max_weight, target_share / (count / n)) for name, count in counts.items()
-             if count / n < target_share}
+    boost = {}
+    if target_share is not None:
+        boost = {name: min(max_weight, target_share / (count / n)) for name, count in counts.items()
+                 if count / n < target_share}
+    if equal_hair_colours:
+        hair = {name: count for name, count in counts.items() if name.startswith("hair_colour=")}
+        top = max(hair.values(), default=0)
+        for name, count in hair.items():
+            boost[name] = max(boost.get(name, 1.0), min(max_weight, top / count))
     return [max([1.0] + [boost[name] for name in names if name in boost]) for names in stated]
+
+
+def complete_face_weights(masks: list) -> list[float]:
+    """1 for every (H, W) id mask showing each :data:`facemogle.face_parts.FACE_PARTS`, else 0."""
+    from facemogle.face_parts import is_complete_face
+
+    return [1.0 if is_complete_face(mask) else 0.0 for mask in masks]
 
 
 def attribute_shares(captions: list, weights: list[float] | None = None) -> dict[str, float]:

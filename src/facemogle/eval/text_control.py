@@ -23,12 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from facemogle.labels import class_id
+from facemogle.face_parts import FACE_PARTS, MIN_PART_PIXELS, parts_found  # noqa: F401 (re-exported)
 
-#: Parts that make a face: each must cover at least :data:`MIN_PART_PIXELS` of the parse.
-FACE_PARTS = (("face skin",), ("hair",), ("left eye",), ("right eye",), ("nose",), ("upper lip", "lower lip"))
-#: Pixels (at 128 x 128) a part needs to count as present (about 0.03 % of the image).
-MIN_PART_PIXELS = 5
 #: Hair colours asked for: the ones with more than 50 training faces (the captioner also names
 #: red, grey and white, each on a handful of the 800).
 HAIR_COLOURS = ("black", "brown", "blond")
@@ -78,13 +74,11 @@ class Sampler:
         return images
 
 
-def parts_found(ids: np.ndarray, min_pixels: int = MIN_PART_PIXELS) -> dict[str, bool]:
-    """Which of :data:`FACE_PARTS` a parse (H, W) ids holds (a part of several classes: any)."""
-    found = {}
-    for names in FACE_PARTS:
-        pixels = sum(int((ids == class_id(name)).sum()) for name in names)
-        found[" / ".join(names)] = pixels >= min_pixels
-    return found
+def share_with_every_part(parser, images: list[Image.Image]) -> float:
+    """Share of ``images`` in which the parser finds every one of :data:`FACE_PARTS` (the
+    ceiling of :func:`text_only_faces` when ``images`` are real photos at the same size)."""
+    found = [all(parts_found(ids).values()) for ids in parser.parse(images)]
+    return float(np.mean(found)) if found else float("nan")
 
 
 def text_only_faces(sampler: Sampler, parser, prompts: list[str]) -> dict:

@@ -130,6 +130,10 @@ class DataSection:
                                                doc="draw faces whose caption states an attribute rarer than this "
                                                    "share more often (facemogle.data.balance); None: each face once "
                                                    "per epoch")
+    balance_hair_colour: bool = _opt(False, doc="draw every hair colour of the captions as often as the commonest "
+                                                "(at most 6x; facemogle.data.balance)")
+    complete_faces_only: bool = _opt(False, doc="train only on faces whose mask shows skin, hair, both eyes, the "
+                                                "nose and the lips (facemogle.face_parts)")
     first_caption_share: float = _opt(0.0, ge=0.0, le=1.0,
                                       doc="share of samples captioned by sentence 0 (every face fact) instead of a "
                                           "random sentence")

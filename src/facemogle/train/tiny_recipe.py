@@ -488,8 +488,16 @@ def model_card(report: dict, split, config) -> str:
             f"hat, blond hair, an open mouth, ...) drawn up to {MAX_WEIGHT:g}x more often (`facemogle.data.balance`),",
             "and `data.first_caption_share` of the samples captioned with that every-fact sentence; its moving",
             "average is what is exported.",
-            "",
         ]
+        if changes.get("data.balance_hair_colour"):
+            lines.append("With `data.balance_hair_colour` every hair colour the captions name is drawn as often as the "
+                         f"commonest (at most {MAX_WEIGHT:g}x).")
+        if changes.get("data.complete_faces_only"):
+            lines.append("With `data.complete_faces_only` the faces whose mask lacks the skin, the hair, an eye, the "
+                         "nose or the lips (a face turned aside, an eye under the hair; 7 % of the training masks) "
+                         "are left out of this run, so that its text-only faces are whole ones "
+                         "(`facemogle.face_parts`).")
+        lines.append("")
     lines += [
         "| stage | steps | batch | steps/s | first loss | last loss |",
         "|---|---|---|---|---|---|",

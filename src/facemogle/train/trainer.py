@@ -60,6 +60,28 @@ RESUMABLE_CHANGES = ("train.max_steps", "checkpoint.", "log.", "sample.", "data.
                      "cache.dir", "cache.encode_batch_size", "output_dir", "model.init_checkpoint")
 
 
+def training_sample_weights(config: TrainingConfig, records) -> list[float] | None:
+    """Per-record sampling weights from ``data.balance_attributes``, ``data.balance_hair_colour``
+    and ``data.complete_faces_only`` (:mod:`facemogle.data.balance`); None: every face once per
+    epoch."""
+    data = config.data
+    if data.balance_attributes is None and not data.balance_hair_colour and not data.complete_faces_only:
+        return None
+    from facemogle.data.balance import attribute_weights, complete_face_weights
+
+    weights = attribute_weights([list(r.captions) for r in records], data.balance_attributes,
+                                equal_hair_colours=data.balance_hair_colour)
+    if data.complete_faces_only:
+        from facemogle.masks import load_mask
+
+        # a mirrored record's mask is its photo's flipped: the same parts, so read the file as it is
+        keep = complete_face_weights([load_mask(r.mask, order=data.mask_order) for r in records])
+        weights = [w * k for w, k in zip(weights, keep)]
+        if not any(weights):
+            raise InputError("data.complete_faces_only: no training mask shows every face part")
+    return weights
+
+
 # ----------------------------------------------------------------------------------- model
 
 
@@ -240,11 +262,7 @@ class Trainer:
         self.index, records = open_training_records(config)
         faces = FaceDataset(records, config.data.resolution, config.data.image_resize, config.data.mask_order)
         self.num_samples = len(records)
-        self.sample_weights = None
-        if config.data.balance_attributes is not None:
-            from facemogle.data.balance import attribute_weights
-
-            self.sample_weights = attribute_weights([list(r.captions) for r in records], config.data.balance_attributes)
+        self.sample_weights = training_sample_weights(config, records)
         identity = "\n".join(r.stem for r in records)
         if self.sample_weights is not None:  # weights come from the captions: new captions, another stream
             identity += "\nweights " + " ".join(f"{w:.6g}" for w in self.sample_weights)
