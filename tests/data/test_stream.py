@@ -86,6 +86,17 @@ def test_weighted_positions_draw_in_proportion_and_depend_only_on_the_position()
     assert isinstance(sample_order(3, 5, [1, 1, 1]), WeightedPositions)
 
 
+def test_weighted_positions_never_draw_a_leading_zero_weight(monkeypatch):
+    import torch
+
+    from facemogle.data.stream import WeightedPositions
+
+    order = WeightedPositions([0.0, 0.0, 2.0, 0.0, 1.0], seed=0)
+    assert {order.sample_index(p) for p in range(200)} == {2, 4}
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.zeros(1, dtype=torch.float64))  # u = 0 exactly
+    assert order.sample_index(0) == 2
+
+
 def test_weighted_positions_refuse_bad_weights():
     import pytest
 

@@ -82,7 +82,8 @@ class WeightedPositions:
     def sample_index(self, position: int) -> int:
         generator = torch.Generator().manual_seed(derive_seed(self.seed, _TAG_WEIGHTED, int(position)))
         u = torch.rand(1, generator=generator, dtype=torch.float64)
-        return min(int(torch.searchsorted(self._cumulative, u)[0]), self.num_samples - 1)
+        # right=True: the first index whose cumulative share exceeds u, so a weight-0 sample is never drawn
+        return min(int(torch.searchsorted(self._cumulative, u, right=True)[0]), self.num_samples - 1)
 
 
 def sample_order(num_samples: int, seed: int, weights=None):
