@@ -2,14 +2,14 @@
 validation split).
 
     python scripts/choose_tiny_guidance.py [--faces 16] [--per-colour 8] [--setting 4,text,16 ...]
-    python scripts/choose_tiny_guidance.py --text-only-scale 4 --text-only-scale 6 [--faces 48 --per-colour 16]
+    python scripts/choose_tiny_guidance.py --text-only-scale 4 --text-only-scale 6 [--per-colour 16]
 
 For each setting (mask guidance w, with or without text guidance, sampling steps): mIoU(parse(generated), mask)
 over ``--faces`` training faces (their own masks and first captions, seeds 0..), the smallest IoU of
 the small parts, and text-only hair-colour agreement vs chance (``--per-colour`` faces per colour,
 read back by the project's parser + captioner). Prints one JSON line per setting. ``--text-only-scale``
 instead measures text-only calls alone at each guidance scale (text guidance on, the model's steps):
-the share of faces with every part (``--faces`` training captions) and hair-colour agreement, with
+the share of faces with every part (the ``--faces`` training faces' first captions; at most 16) and hair-colour agreement, with
 what the captioner read for each asked colour. The numbers in
 ``facemogle.specs`` (TINY_MASK_GUIDANCE_SCALE, TINY_NUM_INFERENCE_STEPS) come from this measurement.
 """
@@ -92,24 +92,17 @@ def text_only_study(pipe, parser, prompts: list[str], scales: list[float], per_c
 
     import numpy as np
 
-    from facemogle.eval.text_control import HAIR_COLOURS, PROMPTS, parts_found, read_attributes
-
-    def draw(batch: list[str], scale: float):
-        images = []
-        for i in range(0, len(batch), 4):
-            images += pipe(mask=None, prompt=batch[i:i + 4], seed=list(range(i, i + len(batch[i:i + 4]))),
-                           mask_guidance_scale=scale, text_guidance=True, watermark=False).images
-        return images
+    from facemogle.eval.text_control import HAIR_COLOURS, PROMPTS, Sampler, read_attributes, text_only_faces
 
     for scale in scales:
         started = time.time()
-        found = [parts_found(ids) for ids in parser.parse(draw(prompts, scale))]
-        reads = {c: [r["hair_colour"] for r in read_attributes(parser, draw([PROMPTS["hair_colour"][c]] * per_colour,
-                                                                             scale))] for c in HAIR_COLOURS}
+        sampler = Sampler(pipe, options={"mask_guidance_scale": scale, "text_guidance": True})
+        faces = text_only_faces(sampler, parser, prompts)
+        reads = {c: [r["hair_colour"] for r in read_attributes(parser, sampler.draw([PROMPTS["hair_colour"][c]] * per_colour))]
+                 for c in HAIR_COLOURS}
         print(json.dumps({
-            "text_only_scale": scale, "faces": len(found),
-            "all_parts": round(float(np.mean([all(f.values()) for f in found])), 3),
-            "missing": dict(Counter(p for f in found for p, ok in f.items() if not ok)),
+            "text_only_scale": scale, "faces": faces["samples"], "all_parts": round(faces["all_parts"], 3),
+            "per_part": {p: round(v, 3) for p, v in faces["per_part"].items()},
             "hair_agreement": {c: round(float(np.mean([v == c for v in reads[c]])), 3) for c in HAIR_COLOURS},
             "hair_read": {c: dict(Counter(str(v) for v in reads[c])) for c in HAIR_COLOURS},
             "seconds": round(time.time() - started, 1)}), flush=True)

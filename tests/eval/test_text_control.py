@@ -113,3 +113,19 @@ def test_text_control_pairs_seeds_and_masks():
     assert all(c["mask"] == ["m0", "m1"] for c in pipe.calls if c["mask"] is not None)
     with pytest.raises(ValueError, match="needs 2 masks"):
         text_control(Sampler(pipe, size=32), FakeParser(), samples=2, masks=["m0"])
+
+
+def test_sampler_passes_its_options_to_every_call():
+    calls = []
+
+    def pipe(**kwargs):
+        calls.append(kwargs)
+
+        class Out:
+            images = [Image.new("RGB", (8, 8))] * len(kwargs["prompt"])
+        return Out()
+
+    Sampler(pipe, size=8, options={"mask_guidance_scale": 6.0}).draw(["a"] * 5)
+    assert len(calls) == 2 and all(c["mask_guidance_scale"] == 6.0 and c["watermark"] is False for c in calls)
+    Sampler(pipe, size=8).draw(["a"])
+    assert "mask_guidance_scale" not in calls[-1]

@@ -13,8 +13,9 @@ Two more options reshape the stream the same way (config ``data.balance_hair_col
 ``data.complete_faces_only``): :func:`attribute_weights` ``equal_hair_colours`` draws every hair
 colour as often as the commonest one (a text-only model hears "brown hair" as often as "black
 hair"), and :func:`complete_face_weights` gives weight 0 to the faces whose mask lacks an eye,
-the nose, the lips, the hair or the skin (7 % of the training masks: a face turned aside, an eye
-under the hair), so that a run emphasising text-only faces draws whole ones.
+the nose, the lips, the hair or the skin (7 % of the training masks: a face turned aside, eyes
+under hair or glasses, hair under a hat), so that a run emphasising text-only faces draws whole
+ones. It drops accessory faces too (19 of the 48 with eyeglasses, 17 of the 44 with a hat).
 """
 
 from __future__ import annotations

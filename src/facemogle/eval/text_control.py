@@ -18,7 +18,7 @@ Generated images are marked nowhere (``watermark=False``): they are scored and d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -53,12 +53,14 @@ BATCH = 4
 
 @dataclass(frozen=True)
 class Sampler:
-    """How images are drawn: the pipeline, the image side, the steps; ``seed`` of sample 0."""
+    """How images are drawn: the pipeline, the image side, the steps; ``seed`` of sample 0;
+    ``options``: other pipeline arguments (e.g. ``{"mask_guidance_scale": 6.0}``; default: none)."""
 
     pipe: object
     size: int = 128
     steps: int | None = None
     seed: int = 0
+    options: dict = field(default_factory=dict)
 
     def draw(self, prompts: list[str], masks: list | None = None, first_seed: int | None = None) -> list[Image.Image]:
         """One image per prompt (and mask; ``None``: text-only), seeds ``first_seed + k``."""
@@ -69,7 +71,7 @@ class Sampler:
             mask = None if masks is None else masks[start:start + BATCH]
             out = self.pipe(mask=mask, prompt=part, height=self.size, width=self.size,
                             num_inference_steps=self.steps, seed=[first + start + k for k in range(len(part))],
-                            watermark=False)
+                            watermark=False, **self.options)
             images.extend(out.images)
         return images
 
