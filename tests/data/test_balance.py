@@ -82,3 +82,19 @@ def test_complete_face_weights_drop_masks_missing_a_part_at_any_size():
     assert complete_face_weights([speck]) == [0.0]
     speck[100:112, 100:112] = class_id("left eye")  # 9 at 128 px
     assert complete_face_weights([speck]) == [1.0]
+
+
+def test_covered_parts_count_lets_eyeglasses_stand_for_the_eyes_and_a_hat_for_the_hair():
+    glasses = whole_face()
+    glasses[np.isin(glasses, [class_id("left eye"), class_id("right eye")])] = class_id("eyeglasses")
+    hat = whole_face()
+    hat[hat == class_id("hair")] = class_id("hat")
+    hat_no_nose = hat.copy()
+    hat_no_nose[hat_no_nose == class_id("nose")] = 0
+    masks = [glasses, hat, hat_no_nose, whole_face(missing="left eye")]
+    assert complete_face_weights(masks) == [0.0, 0.0, 0.0, 0.0]
+    # an accessory covers only its own parts: a hat is no nose, eyeglasses no lips
+    assert complete_face_weights(masks, covered_parts_count=True) == [1.0, 1.0, 0.0, 0.0]
+    lips_as_glasses = whole_face()
+    lips_as_glasses[np.isin(lips_as_glasses, [class_id("upper lip")])] = class_id("eyeglasses")
+    assert complete_face_weights([lips_as_glasses], covered_parts_count=True) == [0.0]

@@ -41,8 +41,8 @@ def test_the_tiny_recipe_configs_validate_together(tmp_path, monkeypatch):
     first = load_config(CONFIGS / "tiny.yaml", {"data.root": str(tmp_path)})
     assert emphasis.data.empty_mask_dropout > first.data.empty_mask_dropout
     assert first.data.balance_attributes is None and emphasis.data.balance_attributes == 0.25
-    assert emphasis.data.balance_hair_colour and emphasis.data.complete_faces_only
-    assert not first.data.balance_hair_colour and not first.data.complete_faces_only
+    assert emphasis.data.balance_hair_colour and emphasis.data.complete_faces_only and emphasis.data.covered_parts_count
+    assert not (first.data.balance_hair_colour or first.data.complete_faces_only or first.data.covered_parts_count)
     assert emphasis.train.optimizer.lr < first.train.optimizer.lr
     assert emphasis.model.init_checkpoint == str(tmp_path / "start") and first.model.init_checkpoint is None
 

@@ -166,3 +166,7 @@ def test_model_card_has_a_row_for_the_emphasis_stage_when_it_ran():
     card = model_card(report, split, config=None)
     assert "With `data.balance_hair_colour` every hair colour" in card
     assert "With `data.complete_faces_only` the faces whose mask lacks" in card
+    assert "`data.balance_hair_colour: true`" in card  # YAML's spelling, as in the config file
+    assert "data.covered_parts_count" not in card
+    report["stages"]["emphasis"]["settings"]["data.covered_parts_count"] = True
+    assert "With `data.covered_parts_count` eyeglasses count as the eyes" in model_card(report, split, config=None)

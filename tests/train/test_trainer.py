@@ -535,11 +535,11 @@ def test_sample_weights_combine_the_balance_options_and_drop_incomplete_faces(tm
     from facemogle.labels import class_id
     from facemogle.train.trainer import training_sample_weights
 
-    def record(name: str, caption: str, missing: str | None = None) -> FaceRecord:
+    def record(name: str, caption: str, missing: str | None = None, covered_by: str | None = None) -> FaceRecord:
         ids = np.zeros((128, 128), np.uint8)
         for k, names in enumerate(FACE_PARTS):
-            if missing not in names:
-                ids[k * 8:k * 8 + 8, :8] = class_id(names[0])
+            if missing not in names or covered_by:
+                ids[k * 8:k * 8 + 8, :8] = class_id(covered_by if missing in names else names[0])
         Image.fromarray(ids, "L").save(tmp_path / f"{name}.png")
         return FaceRecord(name, tmp_path / f"{name}.jpg", tmp_path / f"{name}.png", (caption,))
 
@@ -548,7 +548,7 @@ def test_sample_weights_combine_the_balance_options_and_drop_incomplete_faces(tm
 
     def weights(**options):
         data = {"balance_attributes": None, "balance_hair_colour": False, "complete_faces_only": False,
-                "mask_order": "official", **options}
+                "covered_parts_count": False, "mask_order": "official", **options}
         return training_sample_weights(SimpleNamespace(data=SimpleNamespace(**data)), records)
 
     assert weights() is None  # no option: epoch permutations
@@ -559,6 +559,9 @@ def test_sample_weights_combine_the_balance_options_and_drop_incomplete_faces(tm
     assert weights(balance_hair_colour=True, complete_faces_only=True) == [3.0, 0.0, 1.0, 0.0]
     records[0] = record("a", "This person has black hair.", "hair")
     assert weights(complete_faces_only=True) == [0.0, 0.0, 1.0, 0.0]
+    records[1] = record("b", "This person wears eyeglasses.", "left eye", covered_by="eyeglasses")
+    assert weights(complete_faces_only=True) == [0.0, 0.0, 1.0, 0.0]
+    assert weights(complete_faces_only=True, covered_parts_count=True) == [0.0, 1.0, 1.0, 0.0]
     records[2] = record("c", "This person has blond hair.", "face skin")
     with pytest.raises(InputError, match="no training mask shows every face part"):
         weights(complete_faces_only=True)

@@ -15,7 +15,8 @@ colour as often as the commonest one (a text-only model hears "brown hair" as of
 hair"), and :func:`complete_face_weights` gives weight 0 to the faces whose mask lacks an eye,
 the nose, the lips, the hair or the skin (7 % of the training masks: a face turned aside, eyes
 under hair or glasses, hair under a hat), so that a run emphasising text-only faces draws whole
-ones. It drops accessory faces too (19 of the 48 with eyeglasses, 17 of the 44 with a hat).
+ones. Alone it drops accessory faces too (19 of the 48 with eyeglasses, 17 of the 44 with a hat);
+``data.covered_parts_count`` keeps them (the accessory counts as the part it covers).
 """
 
 from __future__ import annotations
@@ -66,11 +67,12 @@ def attribute_weights(captions: list, target_share: float | None, max_weight: fl
     return [max([1.0] + [boost[name] for name in names if name in boost]) for names in stated]
 
 
-def complete_face_weights(masks: list) -> list[float]:
-    """1 for every (H, W) id mask showing each :data:`facemogle.face_parts.FACE_PARTS`, else 0."""
+def complete_face_weights(masks: list, covered_parts_count: bool = False) -> list[float]:
+    """1 for every (H, W) id mask showing each :data:`facemogle.face_parts.FACE_PARTS`, else 0
+    (``covered_parts_count``: eyeglasses stand in for the eyes, a hat for the hair)."""
     from facemogle.face_parts import is_complete_face
 
-    return [1.0 if is_complete_face(mask) else 0.0 for mask in masks]
+    return [1.0 if is_complete_face(mask, covered_parts_count) else 0.0 for mask in masks]
 
 
 def attribute_shares(captions: list, weights: list[float] | None = None) -> dict[str, float]:

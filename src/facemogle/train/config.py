@@ -134,6 +134,8 @@ class DataSection:
                                                 "(at most 6x; facemogle.data.balance)")
     complete_faces_only: bool = _opt(False, doc="train only on faces whose mask shows skin, hair, both eyes, the "
                                                 "nose and the lips (facemogle.face_parts)")
+    covered_parts_count: bool = _opt(False, doc="with complete_faces_only: eyeglasses count as the eyes they cover, "
+                                                "a hat as the hair (facemogle.face_parts.COVERED_BY)")
     first_caption_share: float = _opt(0.0, ge=0.0, le=1.0,
                                       doc="share of samples captioned by sentence 0 (every face fact) instead of a "
                                           "random sentence")

@@ -481,7 +481,7 @@ def model_card(report: dict, split, config) -> str:
         changes = stages["emphasis"].get("settings", {})
         lines += [
             "A text-emphasis run (`emphasis` row; configs/tiny_text_emphasis.yaml's changes to configs/tiny.yaml:",
-            ", ".join(f"`{k}: {v}`" for k, v in changes.items()) + ")",
+            ", ".join(f"`{k}: {json.dumps(v)}`" for k, v in changes.items()) + ")",  # YAML's true, not True
             "then starts from the diffusion run's moving average with a new optimizer, schedule and moving",
             "average (its warm-up restarts): more samples with the empty mask, faces whose first caption",
             "sentence states an attribute rarer than `data.balance_attributes` of the training faces (eyeglasses,",
@@ -497,6 +497,10 @@ def model_card(report: dict, split, config) -> str:
                          "nose or the lips (a face turned aside, an eye under the hair; 7 % of the training masks) "
                          "are left out of this run, so that its text-only faces are whole ones "
                          "(`facemogle.face_parts`).")
+            if changes.get("data.covered_parts_count"):
+                lines.append("With `data.covered_parts_count` eyeglasses count as the eyes they cover and a hat as the "
+                             "hair, so the faces wearing them stay in (768 of the 800 training faces kept, 741 "
+                             "without).")
         lines.append("")
     lines += [
         "| stage | steps | batch | steps/s | first loss | last loss |",

@@ -75,7 +75,8 @@ def training_sample_weights(config: TrainingConfig, records) -> list[float] | No
         from facemogle.masks import load_mask
 
         # a mirrored record's mask is its photo's flipped: the same parts, so read the file as it is
-        keep = complete_face_weights([load_mask(r.mask, order=data.mask_order) for r in records])
+        keep = complete_face_weights([load_mask(r.mask, order=data.mask_order) for r in records],
+                                     covered_parts_count=data.covered_parts_count)
         weights = [w * k for w, k in zip(weights, keep)]
         if not any(weights):
             raise InputError("data.complete_faces_only: no training mask shows every face part")
