@@ -129,3 +129,16 @@ def test_sampler_passes_its_options_to_every_call():
     assert len(calls) == 2 and all(c["mask_guidance_scale"] == 6.0 and c["watermark"] is False for c in calls)
     Sampler(pipe, size=8).draw(["a"])
     assert "mask_guidance_scale" not in calls[-1]
+
+
+def test_progress_bar_counts_every_image_drawn(capsys):
+    pipe = FakePipe()
+    text_control(Sampler(pipe, size=32), FakeParser(), samples=2, masks=["m0", "m1"], progress=True)
+    drawn = sum(len(c["prompt"]) for c in pipe.calls)
+    assert drawn == 2 * (13 + 6)  # 13 text-only prompts, 6 over masks (3 hair + 3 background colours)
+    err = capsys.readouterr().err
+    assert "text control" in err and f"{drawn}/{drawn}" in err
+    text_only_faces(Sampler(pipe, size=32), FakeParser(), ["a"] * 3, progress=True)
+    assert "text-only faces" in capsys.readouterr().err
+    text_control(Sampler(pipe, size=32), FakeParser(), samples=1)  # progress off: silent
+    assert capsys.readouterr().err == ""

@@ -18,7 +18,7 @@ Generated images are marked nowhere (``watermark=False``): they are scored and d
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
@@ -54,13 +54,15 @@ BATCH = 4
 @dataclass(frozen=True)
 class Sampler:
     """How images are drawn: the pipeline, the image side, the steps; ``seed`` of sample 0;
-    ``options``: other pipeline arguments (e.g. ``{"mask_guidance_scale": 6.0}``; default: none)."""
+    ``options``: other pipeline arguments (e.g. ``{"mask_guidance_scale": 6.0}``; default: none);
+    ``bar``: a tqdm-style bar that :meth:`draw` advances by one per image (None: silent)."""
 
     pipe: object
     size: int = 128
     steps: int | None = None
     seed: int = 0
     options: dict = field(default_factory=dict)
+    bar: object = None
 
     def draw(self, prompts: list[str], masks: list | None = None, first_seed: int | None = None) -> list[Image.Image]:
         """One image per prompt (and mask; ``None``: text-only), seeds ``first_seed + k``."""
@@ -73,6 +75,8 @@ class Sampler:
                             num_inference_steps=self.steps, seed=[first + start + k for k in range(len(part))],
                             watermark=False, **self.options)
             images.extend(out.images)
+            if self.bar is not None:
+                self.bar.update(len(part))
         return images
 
 
@@ -83,9 +87,20 @@ def share_with_every_part(parser, images: list[Image.Image]) -> float:
     return float(np.mean(found)) if found else float("nan")
 
 
-def text_only_faces(sampler: Sampler, parser, prompts: list[str]) -> dict:
-    """Text-only faces from ``prompts``: the share with every face part, and per part."""
-    images = sampler.draw(prompts)
+def counting(sampler: Sampler, total: int, description: str, progress: bool):
+    """A tqdm bar of ``total`` images (hidden unless ``progress``) and ``sampler`` advancing it."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=description, unit="image", disable=not progress)
+    return bar, replace(sampler, bar=bar)
+
+
+def text_only_faces(sampler: Sampler, parser, prompts: list[str], progress: bool = False) -> dict:
+    """Text-only faces from ``prompts``: the share with every face part, and per part
+    (``progress``: a bar over the images drawn)."""
+    bar, sampler = counting(sampler, len(prompts), "text-only faces", progress)
+    with bar:
+        images = sampler.draw(prompts)
     found = [parts_found(ids) for ids in parser.parse(images)]
     parts = list(found[0]) if found else []
     return {
@@ -104,26 +119,33 @@ def read_attributes(parser, images: list[Image.Image]) -> list[dict]:
             for image, ids in zip(images, parser.parse(images))]
 
 
-def text_control(sampler: Sampler, parser, samples: int = 16, masks: list | None = None) -> dict:
+def text_control(sampler: Sampler, parser, samples: int = 16, masks: list | None = None,
+                 progress: bool = False) -> dict:
     """Agreement vs chance per attribute value (module docstring): text-only, and over ``masks``
-    (at least ``samples`` of them) for the :data:`MASK_FREE` attributes.
+    (at least ``samples`` of them) for the :data:`MASK_FREE` attributes; ``progress``: a bar over
+    the images drawn.
 
     Returns ``{"text_only": {attribute: {value: {"agreement", "chance"}}}, "with_masks": {...},
     "samples_per_prompt": samples}``.
     """
+    if masks is not None and len(masks) < samples:
+        raise ValueError(f"text_control needs {samples} masks, got {len(masks)}")
     result = {"samples_per_prompt": samples, "text_only": {}, "with_masks": {}}
-    read = {}  # (attribute, value) -> attribute values of its samples, text-only
-    for attribute, values in PROMPTS.items():
-        for value, prompt in values.items():
-            read[attribute, value] = read_attributes(parser, sampler.draw([prompt] * samples))
-    result["text_only"] = agreement_table(read)
+    prompts = sum(len(values) for values in PROMPTS.values())
     if masks is not None:
-        if len(masks) < samples:
-            raise ValueError(f"text_control needs {samples} masks, got {len(masks)}")
-        over_masks = {(attribute, value): read_attributes(
-            parser, sampler.draw([prompt] * samples, masks=list(masks[:samples])))
-            for attribute in MASK_FREE for value, prompt in PROMPTS[attribute].items()}
-        result["with_masks"] = agreement_table(over_masks)
+        prompts += sum(len(PROMPTS[attribute]) for attribute in MASK_FREE)
+    bar, sampler = counting(sampler, prompts * samples, "text control", progress)
+    with bar:
+        read = {}  # (attribute, value) -> attribute values of its samples, text-only
+        for attribute, values in PROMPTS.items():
+            for value, prompt in values.items():
+                read[attribute, value] = read_attributes(parser, sampler.draw([prompt] * samples))
+        result["text_only"] = agreement_table(read)
+        if masks is not None:
+            over_masks = {(attribute, value): read_attributes(
+                parser, sampler.draw([prompt] * samples, masks=list(masks[:samples])))
+                for attribute in MASK_FREE for value, prompt in PROMPTS[attribute].items()}
+            result["with_masks"] = agreement_table(over_masks)
     return result
 
 

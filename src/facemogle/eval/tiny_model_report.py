@@ -137,10 +137,10 @@ def evaluate_tiny_model(model_dir: Path, work_dir: Path, data_root: Path, parser
     from facemogle.eval.text_control import Sampler, share_with_every_part, text_control, text_only_faces
 
     sampler = Sampler(pipe, size=SIZE, steps=STEPS, seed=seed)
-    text_only = text_only_faces(sampler, parser, [image.sentence or "A face." for image in images])
+    text_only = text_only_faces(sampler, parser, [image.sentence or "A face." for image in images], progress=True)
     text_only["real_photos_all_parts"] = share_with_every_part(parser, [real[s] for s in stems])  # the ceiling
     control = text_control(sampler, parser, samples=TEXT_CONTROL_SAMPLES if limit is None else 2,
-                           masks=[image.mask for image in images])
+                           masks=[image.mask for image in images], progress=True)
 
     bench = bench_generate(spec, size=SIZE, steps=STEPS, runs=bench_runs, threads=threads, spec_options=options)
     if busy_core:
