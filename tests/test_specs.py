@@ -52,6 +52,19 @@ def test_saved_weights_load_in_float32_and_generate(tiny_random, tmp_path):
     assert image.shape == (1, 32, 32, 3)
 
 
+def test_a_saved_float16_folder_loads_in_float32_on_the_cpu(tiny_random, tmp_path):
+    """The "saved" spec (``--model DIR``): float16 weights run as float32 on the CPU (they ran
+    in float16 before, under diffusers' notice that float16 pipelines cannot run there)."""
+    tiny_random.to(dtype=torch.float16)
+    tiny_random.save_pretrained(str(tmp_path))
+    tiny_random.to(dtype=torch.float32)
+    pipe = load_pipeline("saved", path=tmp_path)
+    modules = (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.mogle)
+    assert {p.dtype for m in modules for p in m.parameters()} == {torch.float32}
+    kept = load_pipeline("saved", path=tmp_path, dtype=torch.float16)  # asked for: kept
+    assert kept.transformer.dtype == torch.float16
+
+
 def test_trained_text_encoders_replace_the_random_ones(tiny_random, tmp_path):
     tiny_random.text_encoder.save_pretrained(str(tmp_path / "text_encoder"))
     tiny_random.text_encoder_2.save_pretrained(str(tmp_path / "text_encoder_2"))

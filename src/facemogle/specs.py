@@ -229,13 +229,18 @@ def saved_pipeline_dir(path: str | os.PathLike) -> Path | None:
 
 @register("saved", "a directory written by FaceMoGLEPipeline.save_pretrained (or a scratch-mode training checkpoint)")
 def build_saved(path: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
-    """Load a whole saved pipeline: every component, the condition LoRA and MoGLE."""
+    """Load a whole saved pipeline: every component, the condition LoRA and MoGLE; ``dtype`` None:
+    float32 on the CPU (weights saved in float16, like the bundled model's, are widened: CPU
+    kernels are float32 ones), the saved dtype elsewhere."""
 
     directory = saved_pipeline_dir(path)
     if directory is None:
         raise CheckpointError(f"{path} holds no saved pipeline (no model_index.json in it or in {SAVED_PIPELINE_DIR}/)")
+    device = torch.device(device or "cpu")
+    if dtype is None and device.type == "cpu":
+        dtype = torch.float32
     kwargs = {"torch_dtype": dtype} if dtype is not None else {}
-    return open_saved_pipeline(directory, **kwargs).to(device or "cpu")
+    return open_saved_pipeline(directory, **kwargs).to(device)
 
 
 def open_saved_pipeline(directory: Path, **kwargs):
