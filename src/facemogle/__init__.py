@@ -22,7 +22,10 @@ class _KnownNotices(logging.Filter):
     torchao quantizer, warns that torchao-serialised checkpoints may not load (facemogle never loads
     one: it quantises weights as they load); torchao cannot load its CUDA kernels on a CPU-only
     machine (its CPU path needs none); torch notes that torchao registers enums the deprecated way.
-    Every other message of these loggers stays."""
+    transformers notes, when diffusers' FLUX pipeline module names CLIP's and SigLIP's image
+    processors, that without torchvision (never a facemogle dependency: it has no CPU build here)
+    it falls back to their PIL versions (facemogle uses neither). Every other message of these
+    loggers stays."""
 
     def __init__(self, *prefixes: str, containing: str = ""):
         super().__init__()
@@ -37,6 +40,8 @@ for _name, _notice in {
     "diffusers.quantizers.torchao.torchao_quantizer": _KnownNotices("Unable to import `torchao` Tensor objects"),
     "torchao": _KnownNotices("Failed to load ", containing="Could not load this library"),
     "torch.utils._pytree": _KnownNotices("<enum ", containing="is now natively supported by torch.compile"),
+    "transformers.utils.import_utils": _KnownNotices("`", containing="requires torchvision (not installed); falling "
+                                                                     "back to"),
 }.items():
     logging.getLogger(_name).addFilter(_notice)
 
