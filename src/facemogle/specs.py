@@ -205,7 +205,7 @@ def build_flux_dev(
             from facemogle.low_memory import nf4_quantization_config
 
             extra["quantization_config"] = nf4_quantization_config(dtype)
-        flux = FluxPipeline.from_pretrained(base_str, torch_dtype=dtype, **extra)
+        flux = FluxPipeline.from_pretrained(base_str, dtype=dtype, **extra)
     except (OSError, ValueError, EnvironmentError) as err:
         where = "directory" if local else "hub id (is it downloaded, and are you online?)"
         raise CheckpointError(f"could not load the FLUX base model from {where} {base_str}: {err}") from err
@@ -239,7 +239,7 @@ def build_saved(path: str | os.PathLike, device: str | torch.device | None = Non
     device = torch.device(device or "cpu")
     if dtype is None and device.type == "cpu":
         dtype = torch.float32
-    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    kwargs = {"dtype": dtype} if dtype is not None else {}
     return open_saved_pipeline(directory, **kwargs).to(device)
 
 
@@ -473,4 +473,4 @@ def build_tiny(device: str | torch.device = "cpu", dtype: torch.dtype = torch.fl
             f"the bundled tiny model has not been trained yet ({directory} holds no model_index.json); "
             f"train it with `{TINY_TRAIN_COMMAND}` (about 2 hours on 2 CPU cores), or pick another --model"
         )
-    return open_saved_pipeline(directory, torch_dtype=dtype).to(device)
+    return open_saved_pipeline(directory, dtype=dtype).to(device)
