@@ -552,8 +552,8 @@ def model_card(report: dict, split, config) -> str:
         "  (every condition map blank), which 15 % of the diffusion run's samples had (40 % of the text-emphasis",
         "  run's).",
         "- Text control is partial (the text-control table above): hair colour, smiles and an open mouth",
-        "  follow the prompt only part of the time; eyeglasses, hats and necklaces are not drawn from text (the",
-        "  text-emphasis run's whole-face filter left out the faces whose eyes are under glasses or hair under a hat).",
+        "  follow the prompt only part of the time, eyeglasses rarely; hats and necklaces are not drawn from",
+        "  text. Brown hair mostly comes out darker than the captioner's brown (between its black and brown).",
         "- Trained on CelebA-HQ celebrities: the demographic bias of that set carries over.",
         "",
     ]
