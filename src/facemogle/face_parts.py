@@ -32,10 +32,9 @@ def parts_found(ids: np.ndarray, min_pixels: int = MIN_PART_PIXELS,
     ``covered_parts_count`` a part's :data:`COVERED_BY` accessory counts as the part."""
     found = {}
     for names in FACE_PARTS:
-        if covered_parts_count:
-            names = names + tuple(COVERED_BY[n] for n in names if n in COVERED_BY)
-        pixels = sum(int((ids == class_id(name)).sum()) for name in names)
-        found[" / ".join(names)] = pixels >= min_pixels
+        counted = names + (tuple(COVERED_BY[n] for n in names if n in COVERED_BY) if covered_parts_count else ())
+        pixels = sum(int((ids == class_id(name)).sum()) for name in counted)
+        found[" / ".join(names)] = pixels >= min_pixels  # keyed by the part, whatever counted for it
     return found
 
 

@@ -95,6 +95,8 @@ def test_covered_parts_count_lets_eyeglasses_stand_for_the_eyes_and_a_hat_for_th
     assert complete_face_weights(masks) == [0.0, 0.0, 0.0, 0.0]
     # an accessory covers only its own parts: a hat is no nose, eyeglasses no lips
     assert complete_face_weights(masks, covered_parts_count=True) == [1.0, 1.0, 0.0, 0.0]
+    from facemogle.face_parts import parts_found
+    assert set(parts_found(glasses, covered_parts_count=True)) == set(parts_found(glasses))  # same part names
     lips_as_glasses = whole_face()
     lips_as_glasses[np.isin(lips_as_glasses, [class_id("upper lip")])] = class_id("eyeglasses")
     assert complete_face_weights([lips_as_glasses], covered_parts_count=True) == [0.0]
