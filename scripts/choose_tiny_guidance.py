@@ -2,16 +2,17 @@
 validation split).
 
     python scripts/choose_tiny_guidance.py [--faces 16] [--per-colour 8] [--setting 4,text,16 ...]
-    python scripts/choose_tiny_guidance.py --text-only-scale 4 --text-only-scale 6 [--per-colour 16]
+    python scripts/choose_tiny_guidance.py --text-only-scale 4 --text-only-scale 6 --faces 100 --per-colour 16
 
 For each setting (mask guidance w, with or without text guidance, sampling steps): mIoU(parse(generated), mask)
 over ``--faces`` training faces (their own masks and first captions, seeds 0..), the smallest IoU of
 the small parts, and text-only hair-colour agreement vs chance (``--per-colour`` faces per colour,
 read back by the project's parser + captioner). Prints one JSON line per setting. ``--text-only-scale``
-instead measures text-only calls alone at each guidance scale (text guidance on, the model's steps):
-the share of faces with every part (the ``--faces`` training faces' first captions; at most 16) and hair-colour agreement, with
-what the captioner read for each asked colour. The numbers in
-``facemogle.specs`` (TINY_MASK_GUIDANCE_SCALE, TINY_NUM_INFERENCE_STEPS) come from this measurement.
+instead measures text-only calls alone at each guidance scale (text guidance on, the model's steps,
+seeds 1000..): the share of faces with every part (the first captions of ``--faces`` training faces,
+every 7th from the 4th; at most 114) and hair-colour agreement, with what the captioner read for each
+asked colour. The numbers in ``facemogle.specs`` (TINY_MASK_GUIDANCE_SCALE, TINY_NUM_INFERENCE_STEPS,
+TINY_TEXT_ONLY_GUIDANCE_SCALE) come from this measurement.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def main() -> None:
     prompts = [captions[f"{s}.jpg"][0] for s in stems]
     k = args.per_colour
     if args.text_only_scale:
-        return text_only_study(pipe, parser, prompts, args.text_only_scale, k)
+        text_only_prompts = [captions[f"{s}.jpg"][0] for s in sorted(split["train"])[3::7][: args.faces]]
+        return text_only_study(pipe, parser, text_only_prompts, args.text_only_scale, k)
     for scale, text, steps in settings:
         started = time.time()
         confusion = np.zeros((19, 19), np.int64)
@@ -75,7 +77,7 @@ def main() -> None:
                 confusion += confusion_matrix(parser.parse(image), mask)
         iou = iou_per_class(confusion)
         reads = {c: read_attributes(parser, pipe(mask=None, prompt=[PROMPTS["hair_colour"][c]] * k, seed=list(range(k)),
-                                                 mask_guidance_scale=scale, text_guidance=text,
+                                                 mask_guidance_scale=scale, text_only_guidance_scale=scale, text_guidance=text,
                                                  num_inference_steps=steps, watermark=False).images)
                  for c in HAIR_COLOURS}
         hair = {c: {"agreement": float(np.mean([r["hair_colour"] == c for r in reads[c]])),
@@ -96,7 +98,7 @@ def text_only_study(pipe, parser, prompts: list[str], scales: list[float], per_c
 
     for scale in scales:
         started = time.time()
-        sampler = Sampler(pipe, options={"mask_guidance_scale": scale, "text_guidance": True})
+        sampler = Sampler(pipe, seed=1000, options={"text_only_guidance_scale": scale, "text_guidance": True})
         faces = text_only_faces(sampler, parser, prompts)
         reads = {c: [r["hair_colour"] for r in read_attributes(parser, sampler.draw([PROMPTS["hair_colour"][c]] * per_colour))]
                  for c in HAIR_COLOURS}

@@ -81,11 +81,12 @@ def test_same_seed_same_face_any_mask_format(pipe, example_mask_ids, tmp_path):
 
 def test_ships_with_its_sampling_setting(pipe):
     from facemogle.specs import (SCRATCH_GUIDANCE_SCALE, TINY_MASK_GUIDANCE_SCALE, TINY_NUM_INFERENCE_STEPS,
-                                 TINY_TEXT_GUIDANCE)
+                                 TINY_TEXT_GUIDANCE, TINY_TEXT_ONLY_GUIDANCE_SCALE)
 
     assert pipe.default_guidance_scale == SCRATCH_GUIDANCE_SCALE
     assert pipe.default_mask_guidance_scale == TINY_MASK_GUIDANCE_SCALE
     assert pipe.default_text_guidance is TINY_TEXT_GUIDANCE
+    assert pipe.default_text_only_guidance_scale == TINY_TEXT_ONLY_GUIDANCE_SCALE != TINY_MASK_GUIDANCE_SCALE
     assert TINY_NUM_INFERENCE_STEPS == 12
     assert (pipe.default_sample_size * pipe.vae_scale_factor, pipe.default_num_inference_steps) == (128, 12)
 

@@ -402,6 +402,7 @@ def test_mask_guidance(tmp_path, example_mask_ids):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(guidance_scale=float("nan")), "guidance_scale must be a finite number"),
     (dict(mask_guidance_scale=float("inf")), "mask_guidance_scale must be a finite number"),
+    (dict(text_only_guidance_scale=float("nan")), "text_only_guidance_scale must be a finite number"),
     (dict(height=0, width=64), "height"),
     (dict(seed=2**64), "seed must be an integer"),
     (dict(seed=[1.5]), "seed must be an integer"),
@@ -410,6 +411,38 @@ def test_mask_guidance(tmp_path, example_mask_ids):
 def test_non_finite_and_out_of_range_numbers_are_refused(tiny_pipe, kwargs, message):
     with pytest.raises(InputError, match=message):
         tiny_pipe(prompt="a", output_type="latent", **kwargs)
+
+
+def test_text_only_images_take_their_own_guidance_scale(tiny_pipe, tmp_path):
+    """In a batch of a masked and a text-only image, each is what it is alone: the masked one at
+    mask_guidance_scale, the text-only one at text_only_guidance_scale; unset, text-only images take
+    the pipeline's default_text_only_guidance_scale, and without that the mask's scale."""
+    from facemogle.pipeline import FaceMoGLEPipeline
+
+    call = dict(height=32, width=32, num_inference_steps=2, output_type="latent", text_guidance=True)
+    mask, prompt = np.eye(32, dtype=np.uint8) * 13, "a smiling face"
+    mixed = tiny_pipe(mask=[mask, None], prompt=prompt, seed=[1, 2], mask_guidance_scale=3.0,
+                      text_only_guidance_scale=5.0, **call).images
+    masked = tiny_pipe(mask=mask, prompt=prompt, seed=1, mask_guidance_scale=3.0, **call).images
+    text_only = tiny_pipe(mask=None, prompt=prompt, seed=2, mask_guidance_scale=5.0, **call).images  # default: the mask's
+    torch.testing.assert_close(mixed[:1], masked, **ROUNDOFF)
+    torch.testing.assert_close(mixed[1:], text_only, **ROUNDOFF)
+    at_three = tiny_pipe(mask=None, prompt=prompt, seed=2, mask_guidance_scale=3.0, **call).images
+    assert (at_three - text_only).abs().max() > 1e-3  # the scale reaches the text-only image
+    # text-only at scale 1 is the plain prediction, guided or not
+    plain = tiny_pipe(mask=None, prompt=prompt, seed=2, **{**call, "text_guidance": False}).images
+    one = tiny_pipe(mask=None, prompt=prompt, seed=2, mask_guidance_scale=3.0, text_only_guidance_scale=1.0, **call).images
+    torch.testing.assert_close(one, plain, **ROUNDOFF)
+    # the pipeline's default, saved with its config
+    tiny_pipe.save_pretrained(tmp_path / "p")
+    saved = FaceMoGLEPipeline.from_pretrained(tmp_path / "p")
+    assert saved.default_text_only_guidance_scale is None
+    saved.register_to_config(default_text_only_guidance_scale=5.0)
+    saved.save_pretrained(tmp_path / "q")
+    again = FaceMoGLEPipeline.from_pretrained(tmp_path / "q")
+    assert again.default_text_only_guidance_scale == 5.0
+    by_default = again(mask=None, prompt=prompt, seed=2, mask_guidance_scale=3.0, **call).images
+    torch.testing.assert_close(by_default, text_only, **ROUNDOFF)
 
 
 def test_text_guidance_guides_mask_and_text_together(tiny_pipe):

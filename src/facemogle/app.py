@@ -320,8 +320,11 @@ def build_app(pipe, parser=None, *, work_dir: str | Path | None = None, max_queu
                     random_seed = gr.Checkbox(value=False, label="random seed")
                 steps = gr.Slider(1, MAX_STEPS, value=pipe.default_num_inference_steps, step=1, label="steps")
                 guidance = gr.Slider(*GUIDANCE_RANGE, value=pipe.default_guidance_scale, step=0.1, label="guidance")
+                text_only_w = getattr(pipe, "default_text_only_guidance_scale", None)
                 mask_guidance = gr.Slider(*MASK_GUIDANCE_RANGE, value=pipe.default_mask_guidance_scale, step=0.1,
-                                          label="mask guidance (1 = off)")
+                                          label="mask guidance (1 = off)",
+                                          info=None if text_only_w is None else
+                                          f"an empty canvas (text-only) draws at the model's {text_only_w:g}")
                 num_images = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="number of images")
                 mode = gr.Radio(list(MODES), value="generate", label="mode")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")

@@ -172,6 +172,7 @@ class FaceMoGLEPipeline(FluxPipeline):
         default_guidance_scale: float = 3.5,
         default_mask_guidance_scale: float = 1.0,
         default_text_guidance: bool = False,
+        default_text_only_guidance_scale: float | None = None,
     ):
         # FluxPipeline.__init__ reads the VAE factor from AutoencoderKL's block list; any autoencoder
         # with its interface may serve here (the bundled model's is a patch codec), so the
@@ -204,6 +205,7 @@ class FaceMoGLEPipeline(FluxPipeline):
             default_guidance_scale=default_guidance_scale,
             default_mask_guidance_scale=default_mask_guidance_scale,
             default_text_guidance=default_text_guidance,
+            default_text_only_guidance_scale=default_text_only_guidance_scale,
         )
         self.default_sample_size = default_sample_size
         self.default_num_inference_steps = default_num_inference_steps
@@ -214,6 +216,8 @@ class FaceMoGLEPipeline(FluxPipeline):
         # Text guidance: mask guidance's second branch drops the prompt too (classifier-free
         # guidance on mask and text together; also for text-only calls). Off: the paper's sampling.
         self.default_text_guidance = default_text_guidance
+        # The guidance scale of text-only images (no mask), with text guidance; None: the mask's.
+        self.default_text_only_guidance_scale = default_text_only_guidance_scale
 
     # ------------------------------------------------------------------------------------------
     # saving and loading
@@ -347,7 +351,7 @@ class FaceMoGLEPipeline(FluxPipeline):
         decoded = decode_tokens(self.vae, latents, height, width)  # (B, 3, H, W) in [-1, 1]
         return self.image_processor.postprocess(decoded, output_type=output_type)
 
-    def step_predictor(self, conditioning: Conditioning, mask_guidance_scale: float = 1.0,
+    def step_predictor(self, conditioning: Conditioning, mask_guidance_scale: float | torch.Tensor = 1.0,
                        policy: CachePolicy | None = None):
         """The per-step prediction of one call, ``predict(latents, t) -> Prediction``, and its
         :class:`facemogle.forward_cache.ForwardCache` (None with the step invariants off): MoGLE's
@@ -383,6 +387,7 @@ class FaceMoGLEPipeline(FluxPipeline):
         guidance_scale: float | None = None,
         mask_guidance_scale: float | None = None,
         text_guidance: bool | None = None,
+        text_only_guidance_scale: float | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         seed: int | list[int] | None = None,
@@ -419,6 +424,10 @@ class FaceMoGLEPipeline(FluxPipeline):
                 the empty prompt): ``w`` then pushes towards the mask *and* the text, and text-only
                 calls are guided too (a doubled batch). Default: the pipeline's
                 ``default_text_guidance`` (False; the tiny model: see its card).
+            text_only_guidance_scale: ``w`` for the images without a mask (text-only, with text
+                guidance), which may differ from the masked images' ``mask_guidance_scale`` in the
+                same batch. Default: the pipeline's ``default_text_only_guidance_scale``; None there:
+                ``mask_guidance_scale`` (the tiny model sets its own: see its card).
             num_images_per_prompt: images per (mask, prompt) pair.
             generator: one ``torch.Generator`` per image (or one for a single image). With a
                 single generator for several images, one seed per image is drawn from it.
@@ -457,9 +466,13 @@ class FaceMoGLEPipeline(FluxPipeline):
         guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
         mask_guidance_scale = self.default_mask_guidance_scale if mask_guidance_scale is None else mask_guidance_scale
         text_guidance = self.default_text_guidance if text_guidance is None else bool(text_guidance)
+        if text_only_guidance_scale is None:
+            text_only_guidance_scale = self.default_text_only_guidance_scale
+        text_only_guidance_scale = mask_guidance_scale if text_only_guidance_scale is None else text_only_guidance_scale
         height = int(self.default_sample_size * self.vae_scale_factor if height is None else height)
         width = int(self.default_sample_size * self.vae_scale_factor if width is None else width)
-        for name, value in (("guidance_scale", guidance_scale), ("mask_guidance_scale", mask_guidance_scale)):
+        for name, value in (("guidance_scale", guidance_scale), ("mask_guidance_scale", mask_guidance_scale),
+                            ("text_only_guidance_scale", text_only_guidance_scale)):
             if not math.isfinite(float(value)):
                 raise InputError(f"{name} must be a finite number, got {value}")
         if output_type not in ("pil", "np", "pt", "latent"):
@@ -485,7 +498,10 @@ class FaceMoGLEPipeline(FluxPipeline):
         self._interrupt = False
 
         # 1. encode prompt: once per given prompt (and the empty one, for text guidance), then indexed per image
-        mask_guided = mask_guidance_scale != 1.0 and (text_guidance or any(m is not None for m in masks))
+        mask_index = _per_image(len(masks), pairs, num_images_per_prompt)
+        scales = [mask_guidance_scale if masks[i] is not None else text_only_guidance_scale for i in mask_index]
+        # guidance changes an image when its scale is not 1 and its two branches differ (a mask, or the text)
+        mask_guided = any(w != 1.0 and (text_guidance or masks[i] is not None) for w, i in zip(scales, mask_index))
         text_guided = mask_guided and text_guidance
         all_embeds, all_pooled, text_ids = self.encode_prompt(
             prompt=prompts + [""] * text_guided, prompt_2=None, device=device, num_images_per_prompt=1,
@@ -498,7 +514,7 @@ class FaceMoGLEPipeline(FluxPipeline):
         # 2. encode masks: once per call (with the empty mask, when mask guidance needs it)
         if policy.condition_stream:
             encoded = self.encode_mask_latents(masks + [None] * mask_guided, height, width, mask_order).dense().to(device)
-            condition_latents = encoded[_per_image(len(masks), pairs, num_images_per_prompt)]  # (B, E, N, 64)
+            condition_latents = encoded[mask_index]  # (B, E, N, 64)
         else:  # condition_cache="none": the base transformer alone
             encoded, condition_latents = None, None
 
@@ -515,7 +531,10 @@ class FaceMoGLEPipeline(FluxPipeline):
         if mask_guided:
             # (2B) batch: own masks, then the empty mask (with the empty prompt, for text guidance)
             conditioning = with_empty_mask(conditioning, None if encoded is None else encoded[len(masks):], empty_prompt)
-        predict, cache = self.step_predictor(conditioning, mask_guidance_scale if mask_guided else 1.0, policy)
+        step_scale = 1.0
+        if mask_guided:  # one number when every image has the same scale, else one per image
+            step_scale = scales[0] if len(set(scales)) == 1 else torch.tensor(scales, device=device)  # (B,)
+        predict, cache = self.step_predictor(conditioning, step_scale, policy)
         hooks = [_CallbackHook(self, callback_on_step_end, callback_on_step_end_tensor_inputs, prompt_embeds),
                  *step_hooks]
         onload(self.transformer)
@@ -531,6 +550,8 @@ class FaceMoGLEPipeline(FluxPipeline):
             images = mark_generated(images, self.model_spec, seed=seed, steps=num_inference_steps, size=[width, height],
                                     prompts=[prompts[i] for i in prompt_index], guidance=guidance_scale,
                                     mask_guidance=mask_guidance_scale, text_guidance=text_guidance,
+                                    **({"text_only_guidance": text_only_guidance_scale}
+                                       if text_only_guidance_scale != mask_guidance_scale else {}),
                                     **({} if policy.exact else {"condition_cache": condition_cache, "step_cache": step_cache}))
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -111,8 +111,11 @@ def with_expert_outputs(mogle, conditioning: Conditioning) -> Conditioning:
     return replace(conditioning, expert_outputs=mogle.expert_outputs(latents))
 
 
-def mask_guidance(with_mask: torch.Tensor, empty_mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free guidance on the mask: ``empty + scale * (with_mask - empty)``."""
+def mask_guidance(with_mask: torch.Tensor, empty_mask: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance on the mask: ``empty + scale * (with_mask - empty)``; ``scale`` one
+    number, or one per image ((B,), e.g. another for the text-only images of a batch)."""
+    if isinstance(scale, torch.Tensor):
+        scale = scale.to(with_mask.dtype).view(-1, *[1] * (with_mask.dim() - 1))  # (B, 1, 1)
     return empty_mask + scale * (with_mask - empty_mask)
 
 
@@ -140,12 +143,13 @@ def _twice(x: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def guided_prediction(transformer, mogle, latents: torch.Tensor, timestep: torch.Tensor, *, conditioning: Conditioning,
-                      mask_guidance_scale: float = 1.0, return_gate_weights: bool = True,
+                      mask_guidance_scale: float | torch.Tensor = 1.0, return_gate_weights: bool = True,
                       cache: ForwardCache | None = None) -> Prediction:
-    """:func:`predict_velocity`, with mask guidance when ``mask_guidance_scale != 1``; then
-    ``conditioning`` must be the doubled batch of :func:`with_empty_mask`. ``cache``: the call's
-    :class:`facemogle.forward_cache.ForwardCache`, the same object at every step."""
-    if mask_guidance_scale == 1.0:
+    """:func:`predict_velocity`, with mask guidance when ``mask_guidance_scale != 1`` (one number, or
+    a (B,) tensor of per-image scales, always guided); then ``conditioning`` must be the doubled batch
+    of :func:`with_empty_mask`. ``cache``: the call's :class:`facemogle.forward_cache.ForwardCache`,
+    the same object at every step."""
+    if not isinstance(mask_guidance_scale, torch.Tensor) and mask_guidance_scale == 1.0:
         return predict_velocity(transformer, mogle, latents, timestep, conditioning,
                                 return_gate_weights=return_gate_weights, cache=cache)
     both = predict_velocity(transformer, mogle, torch.cat([latents, latents]), torch.cat([timestep, timestep]),

@@ -142,6 +142,9 @@ def test_card_section_states_numbers_and_verdict():
     assert "| IoU ears (lowest of its classes; target > 0.3) | 0.000 | 0.470 | 0.350 |" in below
     assert "| ceiling: real validation photos at 128 px with every part |  |  | 96 % |" in below
     assert "Mask control meets the target" in card_metrics_section(metrics(0.85))
+    assert "text-only images" not in below  # same guidance for every image: said once
+    own = card_metrics_section({**metrics(0.85), "mask_guidance": 4.0, "text_guidance": True, "text_only_guidance": 6.0})
+    assert "mask guidance 4.0 (with text guidance), text-only images 6.0;" in own.replace("\n", " ")
     assert "below the target" in card_metrics_section(metrics(0.85, small_part=0.2))  # a small part fails
 
 

@@ -83,7 +83,7 @@ def input_file_or_folder(name: str, path) -> Path:
 
 def sampling_options(args, *, seed_count: int = 1) -> None:
     """The sampling options of ``generate``, ``edit`` and ``evaluate --protocol``, where ``args``
-    has them (attributes ``steps``, ``size``, ``guidance``, ``mask_guidance``, ``prompt``,
+    has them (attributes ``steps``, ``size``, ``guidance``, ``mask_guidance``, ``text_only_guidance``, ``prompt``,
     ``device``, ``seed``; None: the model's default): steps and size within the pipeline's bounds,
     finite guidance, a UTF-8 prompt of bounded length, a device this torch can use, and seeds
     ``seed .. seed + seed_count - 1`` within torch's range."""
@@ -94,7 +94,7 @@ def sampling_options(args, *, seed_count: int = 1) -> None:
         int_in_range("--steps", args.steps, 1, MAX_STEPS)
     if getattr(args, "size", None) is not None:
         int_in_range("--size", args.size, MIN_SIZE, MAX_GENERATION_SIDE)
-    for option in ("guidance", "mask_guidance"):
+    for option in ("guidance", "mask_guidance", "text_only_guidance"):
         if getattr(args, option, None) is not None:
             finite(f"--{option.replace('_', '-')}", getattr(args, option))
     if getattr(args, "prompt", None) is not None:

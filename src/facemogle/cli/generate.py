@@ -34,6 +34,9 @@ def add_parser(subparsers) -> None:
                    help="FLUX guidance scale (default: the model's: 3.5 for flux-dev, 1.0 for tiny)")
     p.add_argument("--mask-guidance", type=float, default=None,
                    help="classifier-free guidance on the mask (default: the model's: 1.0 = off for flux-dev, 4.0 for tiny)")
+    p.add_argument("--text-only-guidance", type=float, default=None,
+                   help="the guidance of text-only images (no --mask; default: the model's: --mask-guidance's for "
+                        "flux-dev, 6.0 for tiny)")
     p.add_argument("--size", type=int, default=None, help="output height and width in pixels (default: the model's)")
     p.add_argument("--num-images", type=int, default=1,
                    help=f"images to generate (1..{MAX_IMAGES}, made {BATCH} at a time); with more than one a grid is written too")
@@ -197,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
         prompt=args.prompt,
         guidance_scale=args.guidance,
         mask_guidance_scale=args.mask_guidance,
+        text_only_guidance_scale=args.text_only_guidance,
         mask_order=args.mask_order,
         watermark=not args.no_watermark,
         condition_cache=args.condition_cache,

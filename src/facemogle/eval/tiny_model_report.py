@@ -152,6 +152,7 @@ def evaluate_tiny_model(model_dir: Path, work_dir: Path, data_root: Path, parser
         "validation_faces": len(stems), "size": SIZE, "steps": STEPS, "guidance": pipe.default_guidance_scale,
         "mask_guidance": pipe.default_mask_guidance_scale,
         "text_guidance": bool(getattr(pipe, "default_text_guidance", False)),
+        "text_only_guidance": getattr(pipe, "default_text_only_guidance_scale", None) or pipe.default_mask_guidance_scale,
         "seed_rule": "paper_protocol.image_seed",
         "miou": miou, "miou_ratio": miou["generated"] / miou["real_full_size"],
         "miou_ratio_vs_downsampled": miou["generated"] / miou["real"],
@@ -354,6 +355,12 @@ FIRST_V2_MODEL = {
 }
 
 
+def _text_only_guidance(m: dict) -> str:
+    """", text-only images w" when their guidance differs from the masked images'."""
+    w = m.get("text_only_guidance")
+    return "" if w is None or w == m["mask_guidance"] else f", text-only images {w}"
+
+
 def _pct(value) -> str:
     return "n/m" if value is None else f"{100 * value:.0f} %"
 
@@ -421,7 +428,7 @@ def card_metrics_section(m: dict) -> str:
 
 Measured by `python scripts/evaluate_tiny_model.py` (the last stage of `make tiny-model`) on the
 {m['validation_faces']} held-out validation faces, one image each from its mask and first caption sentence,
-{m['size']} px, {m['steps']} steps, guidance {m['guidance']}, mask guidance {m['mask_guidance']}{' (with text guidance)' if m.get('text_guidance') else ''}; every number below is in
+{m['size']} px, {m['steps']} steps, guidance {m['guidance']}, mask guidance {m['mask_guidance']}{' (with text guidance)' if m.get('text_guidance') else ''}{_text_only_guidance(m)}; every number below is in
 `metrics.json` beside the weights. "Before" is the model issue 14 replaced (/8 VAE, 8 x 8 tokens, mask
 guidance 3; measured the same way at commit e8f2fe6; n/m: not measured); "first v2" the first model of
 this recipe, without the text-emphasis stage (same script, commit 45aaf36).
