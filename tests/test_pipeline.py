@@ -123,12 +123,31 @@ def test_seed_gives_same_image_whatever_the_batch(tiny_pipe, mask_27000):
     torch.testing.assert_close(many[1:], single, **ROUNDOFF)
 
 
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def test_prompt_truncation_is_reported_once_per_pipeline_not_per_batch(caplog):
     pipe = load_pipeline("tiny-random", seed=0)
     long_prompt = "She has long wavy brown hair, arched eyebrows and a slightly open mouth. " * 3  # > 77 bytes
-    with caplog.at_level(logging.WARNING):
-        for _ in range(3):
-            embeds, pooled, _ = pipe.encode_prompt(prompt=[long_prompt, "short"], prompt_2=None, max_sequence_length=32)
+    tokenizer_lines = _Lines()  # transformers' loggers do not propagate to caplog: listen on its root
+    logging.getLogger("transformers").addHandler(tokenizer_lines)
+    try:
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                embeds, pooled, _ = pipe.encode_prompt(prompt=[long_prompt, "short"], prompt_2=None,
+                                                       max_sequence_length=32)
+        assert not tokenizer_lines.messages
+        pipe.tokenizer.deprecation_warnings.clear()  # transformers says it once per tokenizer
+        pipe.tokenizer(long_prompt)  # outside encode_prompt it still does
+    finally:
+        logging.getLogger("transformers").removeHandler(tokenizer_lines)
+    assert len(tokenizer_lines.messages) == 1 and tokenizer_lines.messages[0].startswith("Token indices sequence")
     assert embeds.shape[:2] == (2, 32) and pooled.shape[0] == 2
     assert not [r for r in caplog.records if "The following part of your input was truncated" in r.getMessage()]
     ours = [r.getMessage() for r in caplog.records if r.name == "facemogle.pipeline"]

@@ -246,15 +246,19 @@ class FaceMoGLEPipeline(FluxPipeline):
         diffusers warns once per batch for every prompt cut at the CLIP encoder's 77 tokens or at
         ``max_sequence_length`` T5 tokens, listing the cut text (pad tokens included for the shorter
         prompts of the batch). That floods training and evaluation logs, so the warnings are counted
-        and one line per pipeline says what happened instead.
+        and one line per pipeline says what happened instead. transformers' "Token indices sequence
+        length is longer ..." line, which the untruncated tokenising diffusers does to find the cut
+        text raises, goes too: the same cut is what that one line reports.
         """
         notices = _TruncationNotices()
-        flux_logger = logging.getLogger(FluxPipeline.__module__)
-        flux_logger.addFilter(notices)
+        loggers = [logging.getLogger(FluxPipeline.__module__), logging.getLogger(_TOKENIZER_LOGGER)]
+        for each in loggers:
+            each.addFilter(notices)
         try:
             return super().encode_prompt(prompt, prompt_2, *args, **kwargs)
         finally:
-            flux_logger.removeFilter(notices)
+            for each in loggers:
+                each.removeFilter(notices)
             reported = getattr(self, "_reported_truncation", set())
             new = notices.encoders - reported
             if new:
@@ -584,10 +588,17 @@ def _per_image(given: int, pairs: int, per_pair: int) -> list[int]:
     return [pair if given > 1 else 0 for pair in range(pairs) for _ in range(per_pair)]
 
 
+#: The logger of transformers' tokenizers (its "Token indices sequence length is longer ..." warning).
+_TOKENIZER_LOGGER = "transformers.tokenization_utils_base"
+
+
 class _TruncationNotices(logging.Filter):
-    """Swallows diffusers' "The following part of your input was truncated ..." warnings, noting the encoder."""
+    """Swallows diffusers' "The following part of your input was truncated ..." warnings, noting the
+    encoder, and transformers' "Token indices sequence length is longer ..." (the same cut, seen by the
+    tokenizer before diffusers cuts it)."""
 
     PREFIX = "The following part of your input was truncated"
+    TOKENIZER_PREFIX = "Token indices sequence length is longer than the specified maximum"
 
     def __init__(self):
         super().__init__()
@@ -595,6 +606,8 @@ class _TruncationNotices(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if message.startswith(self.TOKENIZER_PREFIX):
+            return False
         if not message.startswith(self.PREFIX):
             return True
         self.encoders.add("CLIP" if "CLIP" in message else "T5")
