@@ -152,7 +152,8 @@ def evaluate_tiny_model(model_dir: Path, work_dir: Path, data_root: Path, parser
         "validation_faces": len(stems), "size": SIZE, "steps": STEPS, "guidance": pipe.default_guidance_scale,
         "mask_guidance": pipe.default_mask_guidance_scale,
         "text_guidance": bool(getattr(pipe, "default_text_guidance", False)),
-        "text_only_guidance": getattr(pipe, "default_text_only_guidance_scale", None) or pipe.default_mask_guidance_scale,
+        "text_only_guidance": (pipe.default_mask_guidance_scale if pipe.default_text_only_guidance_scale is None
+                               else pipe.default_text_only_guidance_scale),  # the pipeline's rule for None
         "seed_rule": "paper_protocol.image_seed",
         "miou": miou, "miou_ratio": miou["generated"] / miou["real_full_size"],
         "miou_ratio_vs_downsampled": miou["generated"] / miou["real"],
