@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from facemogle.errors import InputError
-from facemogle.flow import RectifiedFlowLoss, noisy_latents, sample_timesteps, velocity_target
+from facemogle.flow import RectifiedFlowLoss, noisy_latents, sample_timesteps, token_channel_weights, velocity_target
 
 GOLDEN_B_LOSS = 1.3515936  # GOLDEN.md, Golden B step 7
 
@@ -90,3 +90,46 @@ def test_loss_is_float32_zero_for_perfect_prediction_and_checks_shapes():
     assert loss_fn(target, target + 1).item() == pytest.approx(1.0)
     with pytest.raises(InputError, match="differ in shape"):
         loss_fn(target, target[:1])
+
+
+def test_channel_weights_have_mean_one_and_follow_the_packing_order():
+    gain = torch.tensor([4.0, 1.0, 0.25])
+    assert torch.equal(token_channel_weights(gain, 0.0), torch.ones(12))  # power 0: the plain loss
+    weights = token_channel_weights(gain, 1.0)
+    assert weights.shape == (12,) and weights.mean().item() == pytest.approx(1.0)
+    # pack_latents puts channel c's 2 x 2 positions at c*4 .. c*4+3
+    assert torch.equal(weights.view(3, 4), weights.view(3, 4)[:, :1].expand(3, 4))
+    assert weights[0] / weights[4] == pytest.approx(4.0) and weights[4] / weights[8] == pytest.approx(4.0)
+
+
+def test_weighted_loss_weighs_each_channel_and_checks_the_width():
+    target = torch.zeros(2, 3, 8)
+    pred = torch.zeros(2, 3, 8)
+    pred[..., 0] = 1.0  # error only in channel 0
+    weights = torch.tensor([3.0] + [1.0] * 7)
+    assert RectifiedFlowLoss()(pred, target).item() == pytest.approx(1 / 8)
+    loss, per_sample = RectifiedFlowLoss(weights)(pred, target, return_per_sample=True)
+    assert loss.item() == pytest.approx(3 / 8)
+    assert torch.allclose(per_sample, torch.full((2,), 3 / 8))
+    with pytest.raises(InputError, match="8 loss channel weights for tokens of width 4"):
+        RectifiedFlowLoss(weights)(pred[..., :4], target[..., :4])
+
+
+def test_power_two_is_the_pixel_mse_of_the_patch_codec():
+    """The PCA codec's decoder is linear with orthonormal components: weighting each latent channel
+    by its gain squared makes the token loss the decoded images' pixel MSE (up to a constant)."""
+    from facemogle.latents import pack_latents
+    from facemogle.patch_autoencoder import fit_patch_autoencoder
+
+    from test_patch_autoencoder import smooth_images
+
+    codec = fit_patch_autoencoder(smooth_images(side=32), latent_channels=16, downsample_factor=4)
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 16, 8, 8, generator=generator)
+    b = a + torch.randn(2, 16, 8, 8, generator=generator) * torch.linspace(0.1, 2.0, 16).view(1, 16, 1, 1)  # texture errs most
+    pixel_mse = (codec.decode(a).sample - codec.decode(b).sample).square().mean().item()
+    gain = codec.channel_gain()
+    weighted = RectifiedFlowLoss(token_channel_weights(gain, 2.0))(pack_latents(a), pack_latents(b)).item()
+    plain = RectifiedFlowLoss()(pack_latents(a), pack_latents(b)).item()
+    assert weighted * gain.square().mean().item() / 3 == pytest.approx(pixel_mse, rel=1e-4)
+    assert plain * gain.square().mean().item() / 3 != pytest.approx(pixel_mse, rel=0.1)  # so the test can tell

@@ -80,7 +80,14 @@ class RectifiedFlowLoss(nn.Module):
     ``forward(pred, target)`` -> scalar mean over all elements (the official loss).
     With ``return_per_sample=True`` also returns the (B,) per-sample means, e.g. to log the loss
     per timestep bucket; their mean equals the scalar loss.
+
+    ``channel_weights`` (D,), mean 1 (:func:`token_channel_weights`): each token channel's squared
+    error is weighted before the mean; ``None``: every channel alike (the official loss).
     """
+
+    def __init__(self, channel_weights: torch.Tensor | None = None):
+        super().__init__()
+        self.channel_weights = None if channel_weights is None else channel_weights.float()
 
     def forward(
         self, pred: torch.Tensor, target: torch.Tensor, return_per_sample: bool = False
@@ -89,19 +96,40 @@ class RectifiedFlowLoss(nn.Module):
             raise InputError(
                 f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape"
             )
-        squared_error = (pred.float() - target.float()).square()  # (B, ...)
+        squared_error = (pred.float() - target.float()).square()  # (B, ..., D)
+        if self.channel_weights is not None:
+            if squared_error.shape[-1] != self.channel_weights.numel():
+                raise InputError(f"{self.channel_weights.numel()} loss channel weights for tokens of width "
+                                 f"{squared_error.shape[-1]}")
+            squared_error = squared_error * self.channel_weights.to(squared_error.device)
         loss = squared_error.mean()
         if return_per_sample:
             return loss, squared_error.flatten(start_dim=1).mean(dim=1)  # (), (B,)
         return loss
 
 
+def token_channel_weights(channel_gain: torch.Tensor, power: float, patch: int = 2) -> torch.Tensor:
+    """(C * patch^2,) loss weights of packed tokens from the autoencoder's (C,) per-latent-channel
+    decoder gain (how far in pixels a unit step of the channel moves the image; the PCA patch
+    codec's ``component_std``): ``gain ** power``, normalised to mean 1, repeated over the
+    ``patch x patch`` positions of each channel (:func:`facemogle.latents.pack_latents` order).
+
+    ``power`` 0 weighs every channel alike (the plain MSE); 2 is the pixel-space MSE of a linear,
+    orthogonal decoder; values between move weight to the channels that carry most of the image
+    (a whitened codec's first channel is the patch's brightness, its colour).
+    """
+    gain = channel_gain.detach().float().clamp_min(1e-12)
+    weights = gain**power
+    weights = weights / weights.mean()
+    return weights.repeat_interleave(patch * patch)  # (C * patch^2,)
+
+
 class RectifiedFlow:
     """The rectified-flow training objective as one object: what to draw, what to predict, how to
     score it, and how to bucket the per-sample losses by t for the training log."""
 
-    def __init__(self):
-        self.criterion = RectifiedFlowLoss()
+    def __init__(self, channel_weights: torch.Tensor | None = None):
+        self.criterion = RectifiedFlowLoss(channel_weights)
 
     def sample_timesteps(self, batch_size: int, generator: torch.Generator | None = None,
                          device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -98,6 +98,12 @@ class PatchAutoencoder(ModelMixin, ConfigMixin):
             images = images + SMOOTHING_RATE * self._discarded_part(_laplacian(images))
         return DecoderOutput(sample=images) if return_dict else (images,)
 
+    def channel_gain(self) -> torch.Tensor:
+        """(C,) pixel distance a unit step of each latent channel moves the decoded patch (the
+        components are orthonormal, so it is the channel's std before whitening); the trainer's
+        ``train.loss_channel_power`` weighs the loss with it."""
+        return self.component_std.detach().float()
+
     def _discarded_part(self, images: torch.Tensor) -> torch.Tensor:
         """The part of each patch of ``images`` (B, 3, H, W) outside the kept directions."""
         patches = self._patches(images)  # (B, h, w, P)

@@ -565,3 +565,49 @@ def test_sample_weights_combine_the_balance_options_and_drop_incomplete_faces(tm
     records[2] = record("c", "This person has blond hair.", "face skin")
     with pytest.raises(InputError, match="no training mask shows every face part"):
         weights(complete_faces_only=True)
+
+
+def test_loss_channel_power_weighs_the_loss_by_the_codecs_gain(synthetic_data, tmp_path):
+    """train.loss_channel_power: the logged loss is the token MSE weighted per channel by the PCA
+    codec's gain (flow.token_channel_weights); an autoencoder without gains is refused at setup."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from facemogle.errors import InputError
+    from facemogle.flow import token_channel_weights
+    from facemogle.train.trainer import train
+
+    tiny = {"spec": "tiny", "options": {"random_init": True}}
+    codec_run = train(config_from_dict(tiny_config(synthetic_data, tmp_path / "ae", stage="autoencoder",
+                                                   mode="scratch", model=tiny)), progress=False)
+    config = tiny_config(synthetic_data, tmp_path / "weighted", mode="scratch",
+                         model=dict(tiny, vae=str(codec_run.final_checkpoint)),
+                         train={"batch_size": 2, "max_steps": 1, "mixed_precision": "no", "loss_channel_power": 1.0,
+                                "optimizer": {"name": "adamw", "lr": 1e-3}})
+    trainer = Trainer(config_from_dict(config), progress=False)
+    trainer.setup()
+    weights = token_channel_weights(trainer.pipe.vae.channel_gain(), 1.0)
+    assert weights[0] > 2 * weights[-1]  # the brightness channel counts more
+    seen = {}
+    real_micro_step = trainer._micro_step
+
+    def recording_micro_step(batch):
+        t = batch["timestep"].view(-1, 1, 1)
+        x0, noise = batch["image_tokens"], batch["noise"]
+        txt_ids = torch.zeros(batch["prompt_embeds"].shape[1], 3)
+        with torch.no_grad():
+            pred = trainer.model((1 - t) * x0 + t * noise, batch["timestep"], batch["condition_tokens"],
+                                 batch["prompt_embeds"], batch["pooled_prompt_embeds"], trainer.img_ids, txt_ids)
+        error = (pred.float() - (noise - x0).float()).square()
+        seen["weighted"], seen["plain"] = (error * weights).mean().item(), error.mean().item()
+        return real_micro_step(batch)
+
+    trainer._micro_step = recording_micro_step
+    result = trainer.run()
+    assert result.losses[0] == pytest.approx(seen["weighted"], rel=1e-5)
+    assert seen["plain"] != pytest.approx(seen["weighted"], rel=1e-3)  # so the test can tell (100x the tolerance above)
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    refused = tiny_config(synthetic_data, tmp_path / "refused", train={"loss_channel_power": 0.5})
+    with pytest.raises(InputError, match="train.loss_channel_power 0.5 needs an autoencoder with per-channel"):
+        Trainer(config_from_dict(refused), progress=False).setup()

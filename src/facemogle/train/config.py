@@ -178,6 +178,11 @@ class TrainSection:
     lr_scheduler: str = _opt("constant", choices=LR_SCHEDULERS)
     lr_warmup_steps: int = _opt(0, ge=0)
     timestep_buckets: int = _opt(4, ge=1, doc="loss is logged per bucket of t")
+    loss_channel_power: float = _opt(0.0, ge=0.0, le=2.0,
+                                     doc="weigh each latent channel's squared error by the autoencoder's decoder "
+                                         "gain to this power (mean weight 1; facemogle.flow.token_channel_weights): "
+                                         "0 the plain MSE, 2 the pixel MSE of the PCA patch codec; needs an "
+                                         "autoencoder with channel_gain()")
     cpu_threads: Optional[int] = _opt(None, ge=1, doc="torch CPU threads (None: torch's default); 1 suits tiny models")
 
 

@@ -42,7 +42,7 @@ from torch import nn
 from facemogle.condition_tokens import encode_mask_latents
 from facemogle.errors import CheckpointError, InputError, TrainingError
 from facemogle.files import atomic_write_text
-from facemogle.flow import RectifiedFlow
+from facemogle.flow import RectifiedFlow, token_channel_weights
 from facemogle.latents import encode_images
 from facemogle.sampling import Conditioning, predict_velocity
 from facemogle.train import checkpoint as ckpt
@@ -103,6 +103,17 @@ class FaceMoGLETrainingModel(nn.Module):
         guidance = torch.ones_like(timestep) if self.transformer.config.guidance_embeds else None
         conditioning = Conditioning(condition_latents, prompt_embeds, pooled_prompt_embeds, img_ids, txt_ids, guidance)
         return predict_velocity(self.transformer, self.mogle, noisy_latents, timestep, conditioning).velocity
+
+
+def loss_channel_weights(vae, power: float) -> torch.Tensor | None:
+    """The loss's (64,) token channel weights for ``train.loss_channel_power`` (None at 0)."""
+    if not power:
+        return None
+    gain = getattr(vae, "channel_gain", None)
+    if gain is None:
+        raise InputError(f"train.loss_channel_power {power:g} needs an autoencoder with per-channel decoder gains "
+                          f"(the PCA patch codec); {type(vae).__name__} has none: set it to 0")
+    return token_channel_weights(gain(), power)
 
 
 # ----------------------------------------------------------------------------------- data
@@ -249,6 +260,7 @@ class Trainer:
         self.weight_dtype = WEIGHT_DTYPES[config.train.mixed_precision]
         self.pipe = pipe = build_pipeline(config, accelerator.device, self.weight_dtype)
         place_pipeline(pipe, accelerator.device, self.weight_dtype)
+        self.flow = RectifiedFlow(loss_channel_weights(pipe.vae, config.train.loss_channel_power))
         if self.resume_dir is not None:
             ckpt.load_model_weights(self.resume_dir, pipe.transformer, pipe.mogle, scratch=config.mode == "scratch")
         elif config.model.init_checkpoint is not None:  # a new run from an earlier run's weights
