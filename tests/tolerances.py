@@ -34,6 +34,11 @@ EXACT = dict(atol=0.0, rtol=0.0)
 
 #: Separate model instances, or another batch composition / encoding batch (source 2).
 ROUNDOFF = dict(atol=1e-5, rtol=1e-5)
+#: Source 2 for a text encoder's sequence embeddings, a sentence encoded inside a batch vs alone:
+#: measured on 2026-12-02's machine up to 1.75e-5 at values ~0.03 (4 of 16384 elements past
+#: ROUNDOFF; the same test passed on earlier machines). 1e-4 keeps a 5x margin and stays 10x below
+#: the 1e-3 of a real defect.
+BATCH_ROUNDOFF = dict(atol=1e-4, rtol=1e-4)
 
 #: Against the reference's float32 CPU goldens: transformer prediction, its intermediates, every
 #: denoising step and the decoded image (source 3). Absolute: the compared values are O(1).
