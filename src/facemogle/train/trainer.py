@@ -204,7 +204,6 @@ class Trainer:
         if config.train.cpu_threads is not None:
             torch.set_num_threads(config.train.cpu_threads)
         self.config = config
-        self.flow = RectifiedFlow()
         self.callbacks = list(callbacks)
         self.progress = progress
         self.output_dir = Path(config.output_dir)
@@ -260,7 +259,7 @@ class Trainer:
         self.weight_dtype = WEIGHT_DTYPES[config.train.mixed_precision]
         self.pipe = pipe = build_pipeline(config, accelerator.device, self.weight_dtype)
         place_pipeline(pipe, accelerator.device, self.weight_dtype)
-        self.flow = RectifiedFlow(loss_channel_weights(pipe.vae, config.train.loss_channel_power))
+        self.flow = RectifiedFlow(loss_channel_weights(pipe.vae, config.train.loss_channel_power))  # the loss needs the VAE
         if self.resume_dir is not None:
             ckpt.load_model_weights(self.resume_dir, pipe.transformer, pipe.mogle, scratch=config.mode == "scratch")
         elif config.model.init_checkpoint is not None:  # a new run from an earlier run's weights
