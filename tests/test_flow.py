@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from facemogle.errors import InputError
-from facemogle.flow import RectifiedFlowLoss, noisy_latents, sample_timesteps, token_channel_weights, velocity_target
+from facemogle.flow import (RectifiedFlow, RectifiedFlowLoss, noisy_latents, sample_timesteps, shift_timesteps,
+                            token_channel_weights, velocity_target)
 
 GOLDEN_B_LOSS = 1.3515936  # GOLDEN.md, Golden B step 7
 
@@ -53,6 +54,29 @@ def test_sample_timesteps_are_logit_normal_and_seeded():
     assert sample_timesteps(3, dtype=torch.bfloat16).dtype == torch.bfloat16
     with pytest.raises(InputError):
         sample_timesteps(0)
+
+
+def test_timestep_shift_is_the_schedulers_time_shift_and_moves_t_towards_noise():
+    """shift_timesteps(t, s) is diffusers' exponential time_shift with mu = ln s (the shift FLUX's
+    sampler applies to its sigmas); monotone, endpoints fixed, identity at s = 1."""
+    import math
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    for shift in (0.5, 1.65, 3.0):
+        expected = torch.as_tensor(scheduler.time_shift(math.log(shift), 1.0, t[1:-1]))
+        assert torch.allclose(shift_timesteps(t, shift)[1:-1], expected, atol=1e-12, rtol=0)
+        shifted = shift_timesteps(t, shift)
+        assert shifted[0] == 0 and shifted[-1] == 1 and bool((shifted.diff() > 0).all())
+    assert shift_timesteps(t, 1.0) is t
+    drawn = sample_timesteps(4096, generator=torch.Generator().manual_seed(0))
+    assert (drawn > 0.6).float().mean() < 0.4 < (shift_timesteps(drawn, 3.0) > 0.6).float().mean()
+    assert RectifiedFlow(timestep_shift=3.0).shift(torch.tensor([0.5])).item() == pytest.approx(0.75)
+    for bad in (0.0, -1.0):
+        with pytest.raises(InputError, match="timestep shift must be > 0"):
+            RectifiedFlow(timestep_shift=bad)
 
 
 def test_noisy_latents_endpoints_and_broadcast():

@@ -4,6 +4,7 @@
 Model-agnostic: the functions take plain tensors of any shape ``(B, ...)``::
 
     t      = sample_timesteps(B)                 # (B,) sigmoid(randn), in (0, 1)
+    t      = shift_timesteps(t, shift)           # optional: towards noise (shift > 1)
     x_t    = noisy_latents(x_0, noise, t)        # (1 - t) x_0 + t noise
     target = velocity_target(x_0, noise)         # noise - x_0
     loss   = RectifiedFlowLoss()(pred, target)   # mean squared error
@@ -40,6 +41,19 @@ def sample_timesteps(
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     return torch.sigmoid(torch.randn(batch_size, generator=generator, device=device, dtype=dtype))
+
+
+def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """``shift t / (1 + (shift - 1) t)``: the resolution shift of SD3 / FLUX (diffusers' exponential
+    ``time_shift`` with ``mu = ln shift``), moving t towards noise for ``shift > 1``.
+
+    Monotone, keeps 0 and 1 in place, the identity at ``shift = 1``; any shape.
+    """
+    if not shift > 0:
+        raise InputError(f"timestep shift must be > 0, got {shift}")
+    if shift == 1:
+        return t
+    return shift * t / (1 + (shift - 1) * t)
 
 
 def _broadcast_timestep(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -128,13 +142,19 @@ class RectifiedFlow:
     """The rectified-flow training objective as one object: what to draw, what to predict, how to
     score it, and how to bucket the per-sample losses by t for the training log."""
 
-    def __init__(self, channel_weights: torch.Tensor | None = None):
+    def __init__(self, channel_weights: torch.Tensor | None = None, timestep_shift: float = 1.0):
         self.criterion = RectifiedFlowLoss(channel_weights)
+        shift_timesteps(torch.zeros(()), timestep_shift)  # refuses a shift <= 0 now, not at the first step
+        self.timestep_shift = float(timestep_shift)
 
     def sample_timesteps(self, batch_size: int, generator: torch.Generator | None = None,
                          device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """(B,) logit-normal t in (0, 1): :func:`sample_timesteps`."""
+        """(B,) logit-normal t in (0, 1): :func:`sample_timesteps` (the stream's draw, before the shift)."""
         return sample_timesteps(batch_size, generator=generator, device=device, dtype=dtype)
+
+    def shift(self, t: torch.Tensor) -> torch.Tensor:
+        """The t the model is trained at for a drawn ``t``: :func:`shift_timesteps` by ``timestep_shift``."""
+        return shift_timesteps(t, self.timestep_shift)
 
     def training_pair(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x_t, target)``: the model's input at t and the velocity it must predict, (B, ...) each."""

@@ -611,3 +611,33 @@ def test_loss_channel_power_weighs_the_loss_by_the_codecs_gain(synthetic_data, t
     refused = tiny_config(synthetic_data, tmp_path / "refused", train={"loss_channel_power": 0.5})
     with pytest.raises(InputError, match="train.loss_channel_power 0.5 needs an autoencoder with per-channel"):
         Trainer(config_from_dict(refused), progress=False).setup()
+
+
+def test_timestep_shift_trains_at_the_shifted_t(synthetic_data, tmp_path):
+    """train.timestep_shift: the model sees, the loss uses and the log buckets the shifted t
+    (flow.shift_timesteps of the stream's draw), not the drawn one."""
+    from facemogle.flow import shift_timesteps
+
+    config = tiny_config(synthetic_data, tmp_path / "shifted",
+                         train={"batch_size": 2, "max_steps": 1, "mixed_precision": "no", "timestep_shift": 3.0,
+                                "optimizer": {"name": "adamw", "lr": 1e-3}})
+    trainer = Trainer(config_from_dict(config), progress=False)
+    trainer.setup()
+    seen = {}
+    real_forward = trainer.model.forward
+
+    def recording_forward(noisy_latents, timestep, *args, **kwargs):
+        seen.setdefault("timestep", timestep.detach().clone())
+        return real_forward(noisy_latents, timestep, *args, **kwargs)
+
+    real_micro_step = trainer._micro_step
+
+    def recording_micro_step(batch):
+        seen["drawn"] = batch["timestep"].detach().clone()
+        return real_micro_step(batch)
+
+    trainer.model.forward = recording_forward
+    trainer._micro_step = recording_micro_step
+    trainer.run()
+    assert torch.allclose(seen["timestep"], shift_timesteps(seen["drawn"], 3.0), atol=1e-6)
+    assert not torch.allclose(seen["timestep"], seen["drawn"], atol=1e-3)  # so the test can tell

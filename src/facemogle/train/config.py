@@ -183,6 +183,10 @@ class TrainSection:
                                          "gain to this power (mean weight 1; facemogle.flow.token_channel_weights): "
                                          "0 the plain MSE, 2 the pixel MSE of the PCA patch codec; needs an "
                                          "autoencoder with channel_gain()")
+    timestep_shift: float = _opt(1.0, gt=0.0,
+                                 doc="train at t' = s t / (1 + (s - 1) t) of the drawn logit-normal t "
+                                     "(facemogle.flow.shift_timesteps, SD3 / FLUX's resolution shift): > 1 puts "
+                                     "more steps at high noise, where layout and colour are set; 1: off")
     cpu_threads: Optional[int] = _opt(None, ge=1, doc="torch CPU threads (None: torch's default); 1 suits tiny models")
 
 

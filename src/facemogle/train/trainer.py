@@ -259,7 +259,8 @@ class Trainer:
         self.weight_dtype = WEIGHT_DTYPES[config.train.mixed_precision]
         self.pipe = pipe = build_pipeline(config, accelerator.device, self.weight_dtype)
         place_pipeline(pipe, accelerator.device, self.weight_dtype)
-        self.flow = RectifiedFlow(loss_channel_weights(pipe.vae, config.train.loss_channel_power))  # the loss needs the VAE
+        self.flow = RectifiedFlow(loss_channel_weights(pipe.vae, config.train.loss_channel_power),  # the loss needs the VAE
+                                  timestep_shift=config.train.timestep_shift)
         if self.resume_dir is not None:
             ckpt.load_model_weights(self.resume_dir, pipe.transformer, pipe.mogle, scratch=config.mode == "scratch")
         elif config.model.init_checkpoint is not None:  # a new run from an earlier run's weights
@@ -420,8 +421,9 @@ class Trainer:
         prompt_embeds = batch["prompt_embeds"].to(self.weight_dtype)
         txt_ids = torch.zeros(prompt_embeds.shape[1], 3, device=accelerator.device)
         with accelerator.accumulate(self.model):
-            x_t, target = self.flow.training_pair(batch["image_tokens"], batch["noise"], batch["timestep"])
-            pred = self.model(x_t, batch["timestep"], batch["condition_tokens"], prompt_embeds,
+            timestep = self.flow.shift(batch["timestep"])  # (B,)
+            x_t, target = self.flow.training_pair(batch["image_tokens"], batch["noise"], timestep)
+            pred = self.model(x_t, timestep, batch["condition_tokens"], prompt_embeds,
                               batch["pooled_prompt_embeds"].to(self.weight_dtype), self.img_ids, txt_ids)
             loss, per_sample = self.flow.loss(pred, target)
             accelerator.backward(loss)
@@ -430,7 +432,7 @@ class Trainer:
                 self._grad_norm = float(accelerator.clip_grad_norm_(self.trainable, max_norm))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        return per_sample.detach(), batch["timestep"].detach()
+        return per_sample.detach(), timestep.detach()
 
     def run(self) -> TrainResult:
         from tqdm.auto import tqdm
