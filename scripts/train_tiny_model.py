@@ -1,7 +1,7 @@
 """Reproduce the bundled "tiny" model in one command (``make tiny-model``).
 
 Stages (each writes under ``--work-dir``; nothing is written into the dataset folder): captions,
-split, autoencoder, text encoders, diffusion from scratch, text emphasis, export (float16 + model card) to
+split, autoencoder, text encoders, diffusion from scratch, text emphasis, high noise, export (float16 + model card) to
 ``--export``, then ``scripts/evaluate_tiny_model.py`` (metrics into the card, sample grid and gate
 plot into ``docs/images``). The stages are described in ``facemogle.train.tiny_recipe``.
 
@@ -12,7 +12,7 @@ Finished stages are reused when the script runs again with the same ``--work-dir
 recipe end to end and measure each stage's throughput; its export goes to ``<work>/export``
 unless ``--export`` is given.
 
-    python scripts/train_tiny_model.py                       # the full run (~3.5 h on 2 cores)
+    python scripts/train_tiny_model.py                       # the full run (~4.75 h on 2 cores)
     python scripts/train_tiny_model.py --pilot-minutes 8 --work-dir /tmp/tiny-pilot
 """
 
@@ -29,6 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", default=str(REPO / "configs" / "tiny.yaml"))
     p.add_argument("--emphasis-config", default=str(REPO / "configs" / "tiny_text_emphasis.yaml"),
                    help="stage 5b's changes to --config (text emphasis run); 'none': no stage 5b")
+    p.add_argument("--high-noise-config", default=str(REPO / "configs" / "tiny_high_noise.yaml"),
+                   help="stage 5c's changes on top of 5b's (high-noise run, train.timestep_shift); 'none': no stage 5c")
     p.add_argument("--data", default=None, help="dataset folder (default: the config's data.root)")
     p.add_argument("--work-dir", default=str(REPO / "runs" / "tiny-model"))
     p.add_argument("--export", default=None, help="export directory (default: src/facemogle/weights/tiny; "
@@ -57,7 +59,8 @@ def main(argv=None) -> int:
         data=Path(args.data) if args.data else None, export=Path(args.export) if args.export else None,
         num_val=args.num_val, text_steps=args.text_steps, text_batch_size=args.text_batch_size, text_lr=args.text_lr,
         threads=args.threads, processes=args.processes, pilot_minutes=args.pilot_minutes,
-        emphasis_config=None if args.emphasis_config == "none" else Path(args.emphasis_config)))
+        emphasis_config=None if args.emphasis_config == "none" else Path(args.emphasis_config),
+        high_noise_config=None if args.high_noise_config == "none" else Path(args.high_noise_config)))
 
 
 if __name__ == "__main__":

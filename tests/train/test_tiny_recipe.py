@@ -18,6 +18,7 @@ from facemogle.train.tiny_recipe import (
     export_pipeline,
     finish_stage,
     finished_stage,
+    follow_up_stage,
     model_card,
     pilot_budget_s,
     read_overrides,
@@ -170,3 +171,50 @@ def test_model_card_has_a_row_for_the_emphasis_stage_when_it_ran():
     assert "data.covered_parts_count" not in card
     report["stages"]["emphasis"]["settings"]["data.covered_parts_count"] = True
     assert "With `data.covered_parts_count` eyeglasses count as the eyes" in model_card(report, split, config=None)
+
+
+def test_model_card_describes_the_high_noise_stage_when_it_ran():
+    split = Split(train=("a",), val=("b",))
+    report = recipe_report()
+    assert "| high_noise |" not in model_card(report, split, config=None)
+    report["stages"]["emphasis"] = {**STAGE, "settings": {}}
+    report["stages"]["high_noise"] = {**STAGE, "steps": 9, "settings": {"train.timestep_shift": 3.0}}
+    card = model_card(report, split, config=None)
+    assert "| high_noise | 9 | 4 | 0.5 | 1.25 | 0.75 |" in card
+    assert card.index("| emphasis |") < card.index("| high_noise |")  # in the order they ran
+    assert "`train.timestep_shift: 3.0`" in card and "t' = s t / (1 + (s - 1) t)" in card
+
+
+def test_a_follow_up_stage_starts_from_the_given_checkpoint_with_the_given_settings(tmp_path, monkeypatch):
+    """Stage 5c trains with the overrides it is given (the diffusion stage's + 5b's + 5c's changes)
+    from 5b's result into <work>/high_noise and reports its YAML's changes; a pilot cuts its steps."""
+    import facemogle.train.tiny_recipe as recipe
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+    seen = {}
+
+    def fake_trained_stage(config, settings, name, threads, started, extra=None):
+        seen[name] = config
+        return {"final_checkpoint": str(settings.work_dir / name / "final"), **(extra or {})}
+
+    monkeypatch.setattr(recipe, "trained_stage", fake_trained_stage)
+    base = {"data.root": str(tmp_path), "train.cpu_threads": 1}
+    stacked = {**base, "data.empty_mask_dropout": 0.4, "seed": 1}  # the diffusion stage's + 5b's changes
+    stacked.update({"seed": 3, "train.timestep_shift": 3.0})  # + 5c's, as run_recipe stacks them
+    yaml_path = tmp_path / "high.yaml"
+    yaml_path.write_text("seed: 3\ntrain.timestep_shift: 3.0\n", encoding="utf-8")
+    (tmp_path / "emphasis" / "final").mkdir(parents=True)
+    full = settings(tmp_path, config=config)
+    report, stage_config = follow_up_stage(full, "high_noise", yaml_path, stacked, tmp_path / "emphasis" / "final", 1)
+    assert stage_config is seen["high_noise"]
+    assert stage_config.train.timestep_shift == 3.0 and stage_config.data.empty_mask_dropout == 0.4
+    assert stage_config.seed == 3 and stage_config.train.max_steps == 4200  # tiny.yaml's: the YAML sets none
+    assert stage_config.model.init_checkpoint == str(tmp_path / "emphasis" / "final")
+    assert stage_config.output_dir == str(tmp_path / "work" / "high_noise")
+    assert report["settings"] == {"seed": 3, "train.timestep_shift": 3.0}
+    assert "high_noise" in PILOT_SHARES
+
+    monkeypatch.setattr(recipe, "pilot_steps", lambda settings, overrides, stage, key, probe, threads: 5)
+    _, pilot_config = follow_up_stage(settings(tmp_path, config=config, pilot_minutes=4), "high_noise", yaml_path,
+                                      stacked, tmp_path / "emphasis" / "final", 1)
+    assert pilot_config.train.max_steps == 5 and pilot_config.sample.every == 0

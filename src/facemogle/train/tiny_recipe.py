@@ -12,6 +12,10 @@ into the dataset folder:
     emphasis    text (``configs/tiny_text_emphasis.yaml``: more text-only samples, faces with rare
                 caption attributes drawn more often, the every-fact caption sentence more often)
                 -> ``<work>/emphasis``; skipped when the settings give no emphasis config
+5c. high       a run from 5b's moving average with 5b's settings and the training t shifted
+    noise      towards noise (``configs/tiny_high_noise.yaml``: ``train.timestep_shift``), where
+                the hair colour and the face's layout are set -> ``<work>/high_noise``; skipped
+                when the settings give no high-noise config
 6. export       the whole pipeline in float16 + the text-image score weights + ``MODEL_CARD.md``
                 (:func:`export_pipeline`, :func:`model_card`) -> the export dir
 7. evaluate     ``scripts/evaluate_tiny_model.py`` (:mod:`facemogle.eval.tiny_model_report`) in a
@@ -45,7 +49,7 @@ import yaml
 from facemogle.files import atomic_directory, atomic_write_text
 
 #: Share of a pilot's minutes per stage (autoencoder, text, diffusion); captions/cache/export extra.
-PILOT_SHARES = {"autoencoder": 0.3, "text": 0.15, "diffusion": 0.4, "emphasis": 0.15}
+PILOT_SHARES = {"autoencoder": 0.3, "text": 0.15, "diffusion": 0.35, "emphasis": 0.12, "high_noise": 0.08}
 #: A pilot's diffusion stage caches only this many faces (the cache build time per face is reported).
 PILOT_CACHED_FACES = 64
 #: Steps of the short run that measures a stage's seconds per step in a pilot.
@@ -75,6 +79,8 @@ class RecipeSettings:
         pilot_minutes: cut every stage to fit this many minutes (``None``: the full run).
         emphasis_config: stage 5b's changes to ``config`` (a YAML mapping of dotted keys, e.g.
             ``data.empty_mask_dropout: 0.4``); ``None``: no stage 5b.
+        high_noise_config: stage 5c's changes on top of 5b's (``configs/tiny_high_noise.yaml``:
+            ``train.timestep_shift``); ``None``: no stage 5c.
     """
 
     config: Path
@@ -91,6 +97,7 @@ class RecipeSettings:
     processes: int = 1
     pilot_minutes: float | None = None
     emphasis_config: Path | None = None
+    high_noise_config: Path | None = None
 
     @property
     def pilot(self) -> bool:
@@ -247,6 +254,27 @@ def trained_stage(config, settings: RecipeSettings, name: str, threads: int, sta
         **(extra or {})))
 
 
+def follow_up_stage(settings: RecipeSettings, name: str, yaml_path: Path, overrides: dict, start: Path,
+                    threads: int) -> tuple[dict, object]:
+    """A shorter diffusion run (stage 5b or 5c) into ``<work>/<name>`` that starts from ``start``'s
+    moving average with ``overrides`` (the diffusion stage's, plus the follow-up YAMLs' changes so far,
+    ``yaml_path``'s last); a pilot cuts it to its :data:`PILOT_SHARES` share. Returns its stage report
+    and config."""
+    from facemogle.train.config import load_config
+
+    started = stage_header({"emphasis": "text emphasis"}.get(name, name.replace("_", " ")))
+    overrides = dict(overrides, **{"model.init_checkpoint": str(start), "output_dir": str(settings.work_dir / name)})
+    planned = load_config(settings.config, overrides).train
+    steps = planned.max_steps
+    if settings.pilot:
+        overrides.update({"sample.every": 0, "checkpoint.every": 10**6})  # over the YAML's
+        steps = pilot_steps(settings, overrides, name, "train.max_steps", f"probe-{name}", threads)
+        overrides.update({"train.lr_warmup_steps": min(planned.lr_warmup_steps, steps // 4)})
+    config = load_config(settings.config, dict(overrides, **{"train.max_steps": steps}))
+    report = trained_stage(config, settings, name, threads, started, extra={"settings": read_overrides(yaml_path)})
+    return report, config
+
+
 def read_overrides(path: Path) -> dict:
     """A YAML mapping of dotted config keys -> values (stage 5b's changes); refuses anything else."""
     from facemogle.errors import InputError
@@ -352,23 +380,15 @@ def run_recipe(settings: RecipeSettings) -> int:
 
     final = Path(report["stages"]["diffusion"]["final_checkpoint"])
 
-    # 5b. text emphasis (from the diffusion stage's moving average)
-    if settings.emphasis_config is not None:
-        started = stage_header("text emphasis")
-        emphasis_overrides = dict(diffusion_overrides)
-        emphasis_overrides.update(read_overrides(settings.emphasis_config))
-        emphasis_overrides.update({"model.init_checkpoint": str(final), "output_dir": str(work / "emphasis")})
-        planned = load_config(settings.config, emphasis_overrides).train
-        emphasis_steps = planned.max_steps
-        if pilot:
-            emphasis_overrides.update({"sample.every": 0, "checkpoint.every": 10**6})  # over the YAML's
-            emphasis_steps = pilot_steps(settings, emphasis_overrides, "emphasis", "train.max_steps",
-                                         "probe-emphasis", process_threads)
-            emphasis_overrides.update({"train.lr_warmup_steps": min(planned.lr_warmup_steps, emphasis_steps // 4)})
-        config = load_config(settings.config, dict(emphasis_overrides, **{"train.max_steps": emphasis_steps}))
-        report["stages"]["emphasis"] = trained_stage(config, settings, "emphasis", process_threads, started,
-                                                     extra={"settings": read_overrides(settings.emphasis_config)})
-        final = Path(report["stages"]["emphasis"]["final_checkpoint"])
+    # 5b. text emphasis (from the diffusion stage's moving average), 5c. high noise (from 5b's)
+    follow_up_overrides = dict(diffusion_overrides)
+    for name, yaml_path in (("emphasis", settings.emphasis_config), ("high_noise", settings.high_noise_config)):
+        if yaml_path is None:
+            continue
+        follow_up_overrides.update(read_overrides(yaml_path))  # 5c's changes come on top of 5b's
+        report["stages"][name], config = follow_up_stage(settings, name, yaml_path, follow_up_overrides, final,
+                                                         process_threads)
+        final = Path(report["stages"][name]["final_checkpoint"])
 
     # 6. export
     stage_header("export")
@@ -504,11 +524,23 @@ def model_card(report: dict, split, config) -> str:
                              "hair, so the faces wearing them stay in (768 of the 800 training faces kept, 741 "
                              "without).")
         lines.append("")
+    if "high_noise" in stages:
+        changes = stages["high_noise"].get("settings", {})
+        lines += [
+            "A high-noise run (`high_noise` row; configs/tiny_high_noise.yaml's changes on top of the text-emphasis",
+            "run's: " + ", ".join(f"`{k}: {json.dumps(v)}`" for k, v in changes.items()) + ")",
+            "then starts from the text-emphasis run's moving average. With `train.timestep_shift` s the model",
+            "trains at t' = s t / (1 + (s - 1) t) of the drawn logit-normal t (SD3 / FLUX's resolution shift),",
+            "so more of its steps fall at high noise, where the hair colour and the face's layout are decided:",
+            "the prompt's colour is followed more often, at some cost to the eyes of text-only faces (the",
+            "metrics below). Its moving average is what is exported.",
+            "",
+        ]
     lines += [
         "| stage | steps | batch | steps/s | first loss | last loss |",
         "|---|---|---|---|---|---|",
     ]
-    for name in ("autoencoder", "text", "diffusion", "emphasis"):
+    for name in ("autoencoder", "text", "diffusion", "emphasis", "high_noise"):
         if name not in stages:
             continue
         s = stages[name]
@@ -544,7 +576,7 @@ def model_card(report: dict, split, config) -> str:
         "",
         "## Known limits",
         "",
-        "- 128 px and 800 training faces, about 4 hours of 2 CPU cores: faces are rough, with patchy 4 x 4",
+        "- 128 px and 800 training faces, about 4.75 hours of 2 CPU cores: faces are rough, with patchy 4 x 4",
         "  texture where the model is unsure (the PCA codec has no decoder of its own to hide it) and little",
         "  variety; not a substitute for FLUX.1-dev.",
         "- Mask control is per token (8 x 8 px): small parts come out where the mask puts them, but their",
@@ -552,14 +584,16 @@ def model_card(report: dict, split, config) -> str:
         "- Captions cover only what the auto-captioner measures (hair colour and length, accessories, smile,",
         "  open mouth, colours); other words are ignored or misread. Text-only faces come from the empty mask",
         "  (every condition map blank), which 15 % of the diffusion run's samples had (40 % of the text-emphasis",
-        "  run's).",
-        "- Text control is partial (the text-control table above): brown hair, smiles and an open mouth",
-        "  follow the prompt only part of the time, eyeglasses rarely; hats and necklaces are almost never",
-        "  drawn from text. Brown hair mostly comes out darker than the captioner's brown (between its black",
-        f"  and brown). Text-only images are guided at w = {TINY_TEXT_ONLY_GUIDANCE_SCALE:g} (`text_only_guidance_scale`; masked",
-        f"  images at {TINY_MASK_GUIDANCE_SCALE:g}): on training captions that took hair colour from 38 / 25 / 62 % to 94 / 31 / 75 %",
-        "  and faces with every part from 88 to 83 % (`python scripts/choose_tiny_guidance.py --text-only-scale 4",
-        "  --text-only-scale 6 --faces 100 --per-colour 16`); pass 4 for more whole faces and weaker text.",
+        "  and high-noise runs').",
+        "- Text control is partial (the text-control table above): brown hair is followed only part of the",
+        "  time (it comes out darker than the captioner's brown, between its black and brown, or lighter,",
+        "  between brown and blond), and over a mask rarely; eyeglasses, hats, earrings and necklaces are",
+        "  seldom drawn from text. About one text-only face in eight misses an eye.",
+        f"  Text-only images are guided at w = {TINY_TEXT_ONLY_GUIDANCE_SCALE:g} (`text_only_guidance_scale`; masked images at",
+        f"  {TINY_MASK_GUIDANCE_SCALE:g}): on training captions, w = 4 / 5 / 6 gave hair colour 100 / 56 / 81, 100 / 56 / 88 and",
+        "  100 / 56 / 94 % and faces with every part 78 / 78 / 75 % (`python scripts/choose_tiny_guidance.py",
+        "  --text-only-scale 4 --text-only-scale 5 --text-only-scale 6 --faces 40 --per-colour 16`); pass 4 for",
+        "  slightly more whole faces and weaker text.",
         "- Trained on CelebA-HQ celebrities: the demographic bias of that set carries over.",
         "",
     ]
