@@ -32,12 +32,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bench-runs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="first N validation faces only (smoke runs)")
+    p.add_argument("--card-only", action="store_true",
+                   help="measure nothing: rewrite the card's Metrics section from <model>/metrics.json")
     p.add_argument("--parser", default=None, help="face parser folder or BiSeNet .pth (default: the shipped parser)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.card_only:
+        from facemogle.eval.tiny_model_report import CARD_FILE, METRICS_FILE, write_card_metrics
+
+        model = Path(args.model)
+        for name in (CARD_FILE, METRICS_FILE):
+            if not (model / name).is_file():
+                raise SystemExit(f"error: --card-only needs {model / name}")
+        write_card_metrics(model / CARD_FILE, json.loads((model / METRICS_FILE).read_text(encoding="utf-8")))
+        print(f"rewrote the Metrics section of {model / CARD_FILE} from {METRICS_FILE}")
+        return 0
     from facemogle.parser import load_parser
     from facemogle.eval.tiny_model_report import evaluate_tiny_model
     from facemogle.train.config import load_config

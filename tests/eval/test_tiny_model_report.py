@@ -173,3 +173,24 @@ def test_card_without_a_metrics_section_gets_one_appended(tmp_path):
     card.write_text("# tiny\n\n", encoding="utf-8")
     write_card_metrics(card, metrics())
     assert card.read_text(encoding="utf-8") == "# tiny\n\n" + card_metrics_section(metrics())
+
+
+def test_card_only_rewrites_the_metrics_section_from_metrics_json(tmp_path):
+    """scripts/evaluate_tiny_model.py --card-only: the card's Metrics section from the saved numbers,
+    nothing measured; a folder without the card or the numbers gets a one-line error."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "evaluate_tiny_model.py"
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("# tiny\n\n## Metrics\n\nFilled in later.\n\n## Known limits\n\n- small\n", encoding="utf-8")
+    missing = subprocess.run([sys.executable, str(script), "--model", str(tmp_path), "--card-only"],
+                             capture_output=True, text=True)
+    assert missing.returncode != 0 and missing.stderr.strip().splitlines() == [
+        f"error: --card-only needs {tmp_path / 'metrics.json'}"]
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics()), encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script), "--model", str(tmp_path), "--card-only"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert card.read_text(encoding="utf-8") == "# tiny\n\n" + card_metrics_section(metrics()) + "## Known limits\n\n- small\n"
