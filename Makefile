@@ -40,7 +40,8 @@ app: venv
 
 # Reproduce the bundled CPU model (about 4.75 hours on 2 cores): captions, split, autoencoder, text
 # encoders, diffusion from scratch, a text-emphasis run from its moving average
-# (configs/tiny_text_emphasis.yaml), a high-noise run from that one's (configs/tiny_high_noise.yaml), export to src/facemogle/weights/tiny, then its metrics, sample
+# (configs/tiny_text_emphasis.yaml), a high-noise run from that one's (configs/tiny_high_noise.yaml),
+# export to src/facemogle/weights/tiny, then its metrics, sample
 # grid and gate plot (scripts/train_tiny_model.py, scripts/evaluate_tiny_model.py).
 tiny-model: venv
 	$(PY) scripts/train_tiny_model.py --config configs/tiny.yaml --work-dir runs/tiny-model

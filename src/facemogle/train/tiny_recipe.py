@@ -240,7 +240,7 @@ def train_text_stage(settings: RecipeSettings, common: dict) -> dict:
 
 def trained_stage(config, settings: RecipeSettings, name: str, threads: int, started: float,
                   with_cache_stats: bool = False, extra: dict | None = None) -> dict:
-    """A diffusion-trainer stage (5 or 5b) in ``<work>/<name>``: its report when it finished earlier,
+    """A diffusion-trainer stage (5, 5b or 5c) in ``<work>/<name>``: its report when it finished earlier,
     else trained (an interrupted stage continues from its latest checkpoint: same samples and draws)
     and its report written; ``extra`` entries join the report."""
     work = settings.work_dir
@@ -532,8 +532,8 @@ def model_card(report: dict, split, config) -> str:
             "then starts from the text-emphasis run's moving average. With `train.timestep_shift` s the model",
             "trains at t' = s t / (1 + (s - 1) t) of the drawn logit-normal t (SD3 / FLUX's resolution shift),",
             "so more of its steps fall at high noise, where the hair colour and the face's layout are decided:",
-            "the prompt's colour is followed more often, at some cost to the eyes of text-only faces (the",
-            "metrics below). Its moving average is what is exported.",
+            "the prompt's colours, hats, smiles and open mouths are followed more often (the metrics below).",
+            "Its moving average is what is exported.",
             "",
         ]
     lines += [
