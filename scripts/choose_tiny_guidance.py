@@ -11,7 +11,9 @@ read back by the project's parser + captioner). Prints one JSON line per setting
 instead measures text-only calls alone at each guidance scale (text guidance on, the model's steps,
 seeds 1000..): the share of faces with every part (the first captions of ``--faces`` training faces,
 every 7th from the 4th; at most 114) and hair-colour agreement, with what the captioner read for each
-asked colour. The numbers in ``facemogle.specs`` (TINY_MASK_GUIDANCE_SCALE, TINY_NUM_INFERENCE_STEPS,
+asked colour. ``--schedule-shift S`` samples with FLUX's schedule shifted by S (the scheduler's
+``base_shift`` set to ln S: at the tiny model's 256 tokens the shift is exactly S; the shipped config's
+is e^0.5 = 1.65). The numbers in ``facemogle.specs`` (TINY_MASK_GUIDANCE_SCALE, TINY_NUM_INFERENCE_STEPS,
 TINY_TEXT_ONLY_GUIDANCE_SCALE) come from this measurement.
 """
 
@@ -39,6 +41,8 @@ def main() -> None:
                    help="mask guidance, 'text' or 'plain', steps (repeatable; default: the three of SETTINGS)")
     p.add_argument("--text-only-scale", type=float, action="append", default=None, metavar="W",
                    help="text-only study at this guidance scale (repeatable)")
+    p.add_argument("--schedule-shift", type=float, default=None, metavar="S",
+                   help="sample with the schedule shifted by S (default: the weights' scheduler config)")
     p.add_argument("--weights", default=None, help="an exported tiny model folder (default: the shipped weights)")
     args = p.parse_args()
     settings = SETTINGS if not args.setting else [
@@ -56,6 +60,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     pipe, parser = load_pipeline("tiny", weights=args.weights), load_parser()
+    if args.schedule_shift is not None:
+        if args.schedule_shift <= 0:
+            raise SystemExit(f"error: --schedule-shift must be positive, got {args.schedule_shift}")
+        import math
+
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, base_shift=math.log(args.schedule_shift))
     work = Path(args.work_dir)
     split = json.loads((work / "split.json").read_text())
     captions = json.loads((work / "captions" / "text.json").read_text())
