@@ -161,17 +161,26 @@ def guided_prediction(transformer, mogle, latents: torch.Tensor, timestep: torch
     return Prediction(mask_guidance(with_mask, empty_mask, mask_guidance_scale), tokens, weights)
 
 
+def schedule_mu(scheduler, num_tokens: int) -> float:
+    """FLUX's resolution-dependent ``mu`` for ``num_tokens`` image tokens (linear in the token count
+    between the scheduler config's ``base_shift`` and ``max_shift``); the schedule's shift there is
+    e^mu: sigma' = e^mu sigma / (1 + (e^mu - 1) sigma)."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    config = scheduler.config
+    return float(calculate_shift(num_tokens, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                                 config.get("base_shift", 0.5), config.get("max_shift", 1.15)))
+
+
 def flux_timesteps(scheduler, num_inference_steps: int, num_tokens: int, device) -> torch.Tensor:
     """Set ``scheduler`` (diffusers' FlowMatchEulerDiscreteScheduler) to FLUX's schedule: sigmas
     evenly from 1 to 1/steps, shifted by the resolution-dependent ``mu`` of ``num_tokens`` image
     tokens. Returns the (steps,) timesteps in 0..1000."""
-    from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+    from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 
-    config = scheduler.config
     sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
-    mu = calculate_shift(num_tokens, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
-                         config.get("base_shift", 0.5), config.get("max_shift", 1.15))
-    timesteps, _ = retrieve_timesteps(scheduler, num_inference_steps, device, sigmas=sigmas, mu=mu)
+    timesteps, _ = retrieve_timesteps(scheduler, num_inference_steps, device, sigmas=sigmas,
+                                      mu=schedule_mu(scheduler, num_tokens))
     scheduler.set_begin_index(0)
     return timesteps
 

@@ -146,6 +146,27 @@ def test_card_section_states_numbers_and_verdict():
     own = card_metrics_section({**metrics(0.85), "mask_guidance": 4.0, "text_guidance": True, "text_only_guidance": 6.0})
     assert "mask guidance 4.0 (with text guidance), text-only images 6.0;" in own.replace("\n", " ")
     assert "below the target" in card_metrics_section(metrics(0.85, small_part=0.2))  # a small part fails
+    assert "schedule shift" not in below  # metrics written before the shift was recorded
+    assert "12 steps, schedule shift 3, guidance" in card_metrics_section({**metrics(0.85), "steps": 12,
+                                                                          "schedule_shift": 3.0}).replace("\n", " ")
+
+
+def test_schedule_shift_is_e_to_the_mu_at_the_images_token_count():
+    import math
+    from types import SimpleNamespace
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from facemogle.eval.tiny_model_report import schedule_shift_at
+    from facemogle.specs import FLUX_SCHEDULER
+
+    pipe = SimpleNamespace(vae_scale_factor=4)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(**{**FLUX_SCHEDULER, "base_shift": math.log(3.0)})
+    side = 16 * 2 * pipe.vae_scale_factor  # 16 x 16 = 256 tokens: base_image_seq_len, mu = base_shift
+    assert schedule_shift_at(pipe, side) == 3.0
+    assert schedule_shift_at(pipe, 2 * side) > 3.0  # 1024 tokens: mu moves towards max_shift
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
+    assert schedule_shift_at(pipe, side) == round(math.exp(0.5), 4)
 
 
 def test_small_parts_take_the_lowest_class_of_each_part():

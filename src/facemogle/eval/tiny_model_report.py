@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -154,6 +155,7 @@ def evaluate_tiny_model(model_dir: Path, work_dir: Path, data_root: Path, parser
         "text_guidance": bool(getattr(pipe, "default_text_guidance", False)),
         "text_only_guidance": (pipe.default_mask_guidance_scale if pipe.default_text_only_guidance_scale is None
                                else pipe.default_text_only_guidance_scale),  # the pipeline's rule for None
+        "schedule_shift": schedule_shift_at(pipe, SIZE),
         "seed_rule": "paper_protocol.image_seed",
         "miou": miou, "miou_ratio": miou["generated"] / miou["real_full_size"],
         "miou_ratio_vs_downsampled": miou["generated"] / miou["real"],
@@ -359,6 +361,20 @@ FIRST_V2_MODEL = {
 }
 
 
+def schedule_shift_at(pipe, size: int) -> float:
+    """The shift of ``pipe``'s sampling schedule at ``size`` px (e^mu at its token count)."""
+    from facemogle.sampling import schedule_mu
+
+    tokens = (size // (2 * pipe.vae_scale_factor)) ** 2  # 2 x 2 packed latents
+    return round(math.exp(schedule_mu(pipe.scheduler, tokens)), 4)
+
+
+def _schedule(m: dict) -> str:
+    """", schedule shift s" when the metrics record it."""
+    s = m.get("schedule_shift")
+    return "" if s is None else f", schedule shift {s:g}"
+
+
 def _text_only_guidance(m: dict) -> str:
     """", text-only images w" when their guidance differs from the masked images'."""
     w = m.get("text_only_guidance")
@@ -432,7 +448,7 @@ def card_metrics_section(m: dict) -> str:
 
 Measured by `python scripts/evaluate_tiny_model.py` (the last stage of `make tiny-model`) on the
 {m['validation_faces']} held-out validation faces, one image each from its mask and first caption sentence,
-{m['size']} px, {m['steps']} steps, guidance {m['guidance']}, mask guidance {m['mask_guidance']}{' (with text guidance)' if m.get('text_guidance') else ''}{_text_only_guidance(m)}; every number below is in
+{m['size']} px, {m['steps']} steps{_schedule(m)}, guidance {m['guidance']}, mask guidance {m['mask_guidance']}{' (with text guidance)' if m.get('text_guidance') else ''}{_text_only_guidance(m)}; every number below is in
 `metrics.json` beside the weights. "Before" is the model issue 14 replaced (/8 VAE, 8 x 8 tokens, mask
 guidance 3; measured the same way at commit e8f2fe6; n/m: not measured); "first v2" the first model of
 this recipe, without the text-emphasis stage (same script, commit 45aaf36).
