@@ -91,6 +91,21 @@ def test_ships_with_its_sampling_setting(pipe):
     assert (pipe.default_sample_size * pipe.vae_scale_factor, pipe.default_num_inference_steps) == (128, 12)
 
 
+def test_samples_with_the_schedule_shifted_by_three_like_the_recipes_preset(pipe):
+    import torch
+
+    from facemogle.sampling import flux_timesteps
+    from facemogle.specs import TINY_SCHEDULE_SHIFT, TINY_SCHEDULER
+
+    assert TINY_SCHEDULE_SHIFT == 3.0
+    for key, value in TINY_SCHEDULER.items():  # what the recipe exports is what ships
+        assert pipe.scheduler.config[key] == pytest.approx(value), key
+    sigmas = flux_timesteps(pipe.scheduler, 12, 16 * 16, "cpu") / 1000  # 128 px: 16 x 16 tokens
+    plain = torch.linspace(1.0, 1 / 12, 12, dtype=torch.float64)
+    expected = 3 * plain / (1 + 2 * plain)  # FLUX's time shift at mu = ln 3
+    torch.testing.assert_close(sigmas.double(), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_cli_generate_uses_the_bundled_model_by_default(tmp_path, capsys):
     out = tmp_path / "face.png"
     assert cli_main(["generate", "--mask", str(EXAMPLE_MASK), "--prompt", PROMPT, "--steps", "4", "--device", "cpu",

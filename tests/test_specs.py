@@ -86,6 +86,15 @@ def test_registry_inference_setting_matches_the_preset(tiny_random):
     assert get_spec("flux-dev").inference is None  # the paper's setting
 
 
+def test_the_preset_samples_with_its_own_schedule_shift_and_other_small_models_with_fluxs(tiny_random):
+    import math
+
+    from facemogle.specs import FLUX_SCHEDULER, TINY_SCHEDULE_SHIFT
+
+    assert tiny_random.scheduler.config.base_shift == pytest.approx(math.log(TINY_SCHEDULE_SHIFT))
+    assert load_pipeline("tiny-random").scheduler.config.base_shift == FLUX_SCHEDULER["base_shift"] == 0.5
+
+
 def test_a_damaged_or_nan_saved_model_is_refused_in_one_line(tiny_random, tmp_path):
     """A truncated weight file, an edited config, or weights holding NaN: a CheckpointError naming
     the folder (and the tensor), not a traceback or a model that draws black images."""
