@@ -94,3 +94,27 @@ def test_no_mask_is_every_map_blank_unlike_an_all_background_mask(vae, masks, mo
     none, zeros = pipe.encode_masks([None, np.zeros((64, 64), np.uint8)], 64, 64)
     assert torch.allclose(none, none[:1].expand_as(none), atol=1e-5)  # every map the same (blank) map
     assert not torch.allclose(zeros[1], none[1], atol=1e-3)
+
+
+def test_covered_tokens_are_the_tokens_a_class_touches(example_mask_ids):
+    """On the bundled model's patch codec (local: one 128 px face token is 8 x 8 px) the tokens read
+    off the encoded class maps are exactly the blocks holding a pixel of the class, mask by mask."""
+    from facemogle.labels import class_ids
+
+    vae = load_pipeline("tiny").vae
+    face = resize_mask(example_mask_ids, 128)
+    eyes, mouth = class_ids(["left eye", "right eye"]), class_ids(["inner mouth", "upper lip", "lower lip"])
+    no_mouth = face.copy()
+    no_mouth[np.isin(face, mouth)] = class_ids(["face skin"])[0]
+    ids = np.stack([face, no_mouth, np.zeros_like(face)])  # the last one: an empty mask
+    latents = encode_mask_latents(vae, ids)
+
+    def pooled(classes):
+        hit = np.isin(ids, classes).reshape(3, 16, 8, 16, 8).any(axis=(2, 4))  # (3, 16, 16) token blocks
+        return torch.from_numpy(hit.reshape(3, 256))
+
+    for classes in (eyes, mouth, eyes + mouth):
+        expected = pooled(classes)
+        assert torch.equal(latents.covered_tokens(classes), expected)
+    assert 2 <= int(pooled(eyes)[0].sum()) <= 12 and not pooled(mouth)[1].any() and not pooled(eyes)[2].any()
+    assert not latents.covered_tokens(class_ids(["hat"])).any()  # a class no mask has

@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from facemogle.errors import InputError
-from facemogle.flow import (RectifiedFlow, RectifiedFlowLoss, noisy_latents, sample_timesteps, shift_timesteps,
-                            token_channel_weights, velocity_target)
+from facemogle.flow import (RectifiedFlow, RectifiedFlowLoss, noisy_latents, part_token_weights, sample_timesteps,
+                            shift_timesteps, token_channel_weights, velocity_target)
 
 GOLDEN_B_LOSS = 1.3515936  # GOLDEN.md, Golden B step 7
 
@@ -157,3 +157,32 @@ def test_power_two_is_the_pixel_mse_of_the_patch_codec():
     plain = RectifiedFlowLoss()(pack_latents(a), pack_latents(b)).item()
     assert weighted * gain.square().mean().item() / 3 == pytest.approx(pixel_mse, rel=1e-4)
     assert plain * gain.square().mean().item() / 3 != pytest.approx(pixel_mse, rel=0.1)  # so the test can tell
+
+
+def test_part_token_weights_put_more_weight_on_the_part_tokens_with_mean_one():
+    parts = torch.zeros(2, 8, dtype=torch.bool)
+    parts[0, :2] = True  # sample 1 has no part tokens: every token 1
+    weights = part_token_weights(parts, 3.0)
+    assert weights.shape == (2, 8)
+    assert torch.allclose(weights.mean(dim=1), torch.ones(2))
+    assert weights[0, 0] / weights[0, 5] == pytest.approx(4.0)
+    assert torch.equal(weights[1], torch.ones(8))
+    assert torch.equal(part_token_weights(parts, 0.0), torch.ones(2, 8))
+    with pytest.raises(InputError, match="part loss weight"):
+        part_token_weights(parts, -1.0)
+
+
+def test_token_weighted_loss_weighs_each_tokens_error_and_checks_the_shape():
+    target = torch.zeros(2, 4, 3)
+    pred = torch.zeros(2, 4, 3)
+    pred[:, 0] = 1.0  # error only at token 0
+    parts = torch.tensor([[True, False, False, False], [False, True, False, False]])
+    weights = part_token_weights(parts, 4.0)  # 5 / 2 on the part token, 1 / 2 on the others
+    plain = RectifiedFlowLoss()(pred, target).item()
+    loss, per_sample = RectifiedFlow().loss(pred, target, weights)
+    assert plain == pytest.approx(1 / 4)
+    assert per_sample[0].item() == pytest.approx(2.5 / 4)  # the error sits on sample 0's part token
+    assert per_sample[1].item() == pytest.approx(0.5 / 4)  # ... and off sample 1's
+    assert loss.item() == pytest.approx(per_sample.mean().item())
+    with pytest.raises(InputError, match=r"token weights \(2, 3\)"):
+        RectifiedFlowLoss()(pred, target, token_weights=weights[:, :3])

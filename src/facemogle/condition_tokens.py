@@ -50,6 +50,26 @@ class MaskLatents:
             local[dropped.to(torch.bool)] = self.blank_tokens
         return torch.cat([self.global_tokens.to(local.dtype)[:, None], local], dim=1)
 
+    def covered_tokens(self, classes, tolerance: float = 1e-3) -> torch.Tensor:
+        """(M, N) bool: the tokens any of ``classes`` (class ids) covers in each mask, read off the
+        encoded maps: a class map's token differs from the blank map's where the class has pixels
+        (by more than ``tolerance`` x the largest difference; the patch codec is local, so these
+        are exactly the 8 x 8 px tokens the class touches). Dropout plays no part: the mask's own
+        classes, what a loss weight on them needs even for a sample trained without its mask."""
+        count, num_local = self.local_present.shape
+        hits = torch.zeros(count, self.blank_tokens.shape[0], dtype=torch.int32)
+        wanted = torch.zeros(num_local, dtype=torch.bool)
+        wanted[list(classes)] = True
+        rows = self.local_present & wanted  # (M, C)
+        if not rows.any():
+            return hits.bool()
+        picked = rows[self.local_present]  # (K,): which stored maps are wanted
+        difference = (self.local_tokens[picked].float() - self.blank_tokens.float()).abs().amax(dim=-1)  # (K', N)
+        hit = difference > tolerance * difference.max().clamp_min(1e-12)
+        owner = torch.arange(count)[:, None].expand(count, num_local)[rows]  # (K',) mask of each picked map
+        hits.index_add_(0, owner, hit.cpu().to(torch.int32))
+        return hits > 0
+
 
 def present_classes(ids: np.ndarray) -> torch.Tensor:
     """(M, C) bool: which of the C classes occur in each of the (M, H, W) id masks."""

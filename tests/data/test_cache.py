@@ -145,3 +145,21 @@ def test_empty_mask_dropout_blanks_every_map_at_its_rate(pipe, faces, tmp_path):
     plain = CachedTrainingDataset(cache, seed=0, text_dropout=0.0, mask_dropout=0.0)
     for p in range(20):
         assert torch.equal(plain[p]["noise"], items[p]["noise"]) and plain[p]["timestep"] == items[p]["timestep"]
+
+
+def test_part_tokens_are_the_masks_own_parts_whatever_was_dropped(pipe, faces, tmp_path):
+    """The loss weighs a sample's small parts by its own mask, also when the sample is trained
+    without it (text-only): ``part_tokens`` ignore every dropout draw."""
+    cache = build_cache(pipe, faces, tmp_path / "cache", settings(), progress=False)
+    parts = [1, 13]  # face skin and hair: in every synthetic face
+    dataset = CachedTrainingDataset(cache, seed=0, text_dropout=0.0, mask_dropout=0.5, empty_mask_dropout=0.5,
+                                    part_classes=parts)
+    items = [dataset[p] for p in range(30)]
+    assert {bool(i["mask_emptied"]) for i in items} == {True, False}  # both kinds are checked
+    for item in items:
+        expected = cache.covered_tokens(cache.sample(int(item["index"])), parts)
+        assert item["part_tokens"].dtype == torch.bool and torch.equal(item["part_tokens"], expected)
+    assert any(item["part_tokens"].any() for item in items)
+    absent = [c for c in range(NUM_CLASSES) if not cache.sample(0)["local_present"][c]]
+    assert not cache.covered_tokens(cache.sample(0), absent[:1]).any()
+    assert "part_tokens" not in CachedTrainingDataset(cache, seed=0, text_dropout=0.0, mask_dropout=0.0)[0]

@@ -30,7 +30,8 @@ def test_shipped_configs_validate(tmp_path, monkeypatch, mini_dataset_dir):
 
 
 def test_the_tiny_recipe_configs_validate_together(tmp_path, monkeypatch):
-    """configs/tiny.yaml + stage 5b's changes (configs/tiny_text_emphasis.yaml) make a valid config."""
+    """configs/tiny.yaml + stage 5b's changes (configs/tiny_text_emphasis.yaml), then 5c's and 5d's on
+    top, make valid configs."""
     from facemogle.train.tiny_recipe import read_overrides
 
     monkeypatch.chdir(CONFIGS.parent)
@@ -45,6 +46,12 @@ def test_the_tiny_recipe_configs_validate_together(tmp_path, monkeypatch):
     assert not (first.data.balance_hair_colour or first.data.complete_faces_only or first.data.covered_parts_count)
     assert emphasis.train.optimizer.lr < first.train.optimizer.lr
     assert emphasis.model.init_checkpoint == str(tmp_path / "start") and first.model.init_checkpoint is None
+    for later in ("tiny_high_noise.yaml", "tiny_small_parts.yaml"):  # 5c's and 5d's changes stack on top
+        overrides.update(read_overrides(CONFIGS / later))
+    last = load_config(CONFIGS / "tiny.yaml", overrides)
+    assert last.train.timestep_shift == 3.0 and last.data.empty_mask_dropout == emphasis.data.empty_mask_dropout
+    assert last.train.part_loss_weight > 0 and first.train.part_loss_weight == 0 and last.cache.enabled
+    assert "left eye" in last.train.part_loss_classes and "right eye" in last.train.part_loss_classes
 
 
 def refused(tmp_path, **sections) -> str:
@@ -93,6 +100,12 @@ def test_impossible_combinations_are_refused(tmp_path):
     assert "model.options.device: set by the trainer" in refused(tmp_path, model={"options": {"device": "cpu"}})
     assert "train.optimizer.betas" in refused(tmp_path, train={"optimizer": {"name": "adamw", "betas": [0.9]}})
     assert "constant_with_warmup" in refused(tmp_path, train={"lr_warmup_steps": 10})
+    assert "train.part_loss_classes: unknown class 'left ey'" in refused(
+        tmp_path, train={"part_loss_weight": 2.0, "part_loss_classes": ["left ey"]})
+    assert "train.part_loss_classes: empty" in refused(tmp_path, train={"part_loss_weight": 2.0, "part_loss_classes": []})
+    assert "train.part_loss_weight: reads the parts off the cached mask latents" in refused(
+        tmp_path, train={"part_loss_weight": 2.0}, cache={"enabled": False})
+    assert "train.part_loss_weight: must be >= 0.0" in refused(tmp_path, train={"part_loss_weight": -1.0})
 
 
 def test_missing_prodigy_is_a_clear_error(tmp_path, monkeypatch):

@@ -641,3 +641,74 @@ def test_timestep_shift_trains_at_the_shifted_t(synthetic_data, tmp_path):
     trainer.run()
     assert torch.allclose(seen["timestep"], shift_timesteps(seen["drawn"], 3.0), atol=1e-6)
     assert not torch.allclose(seen["timestep"], seen["drawn"], atol=1e-3)  # so the test can tell
+
+
+def test_part_loss_weight_weighs_the_small_parts_tokens_of_every_sample(synthetic_data, tmp_path):
+    """train.part_loss_weight: the logged loss is the token MSE weighted by flow.part_token_weights
+    of the batch's own masks (text-only samples too), not the plain MSE."""
+    from facemogle.flow import part_token_weights
+
+    config = tiny_config(synthetic_data, tmp_path / "parts",
+                         data={"empty_mask_dropout": 0.5},
+                         train={"batch_size": 4, "max_steps": 2, "mixed_precision": "no", "part_loss_weight": 4.0,
+                                "part_loss_classes": ["hair"], "optimizer": {"name": "adamw", "lr": 1e-3}})
+    trainer = Trainer(config_from_dict(config), progress=False)
+    trainer.setup()
+    seen = []
+    real_micro_step = trainer._micro_step
+
+    def recording_micro_step(batch):
+        assert batch["part_tokens"].any(dim=1).all()  # every synthetic face has hair ...
+        # ... over all 4 tokens of a 32 px face through the conv VAE: keep the first one only, so that
+        # the weights are not uniform and the test can tell them from the plain MSE
+        batch = dict(batch, part_tokens=torch.zeros_like(batch["part_tokens"]))
+        batch["part_tokens"][:, 0] = True
+        t = batch["timestep"].view(-1, 1, 1)
+        x0, noise = batch["image_tokens"], batch["noise"]
+        txt_ids = torch.zeros(batch["prompt_embeds"].shape[1], 3)
+        with torch.no_grad():
+            pred = trainer.model((1 - t) * x0 + t * noise, batch["timestep"], batch["condition_tokens"],
+                                 batch["prompt_embeds"], batch["pooled_prompt_embeds"], trainer.img_ids, txt_ids)
+        error = (pred.float() - (noise - x0).float()).square()  # (B, N, D)
+        weights = part_token_weights(batch["part_tokens"], 4.0)
+        seen.append(((error * weights[..., None]).mean().item(), error.mean().item(), batch["part_tokens"].clone(),
+                     batch["mask_emptied"].clone()))
+        return real_micro_step(batch)
+
+    trainer._micro_step = recording_micro_step
+    result = trainer.run()
+    for loss, (weighted, plain, parts, _) in zip(result.losses, seen):
+        assert loss == pytest.approx(weighted, rel=1e-5)
+        assert plain != pytest.approx(weighted, rel=1e-3)  # so the test can tell
+    assert any(bool(emptied.any()) for *_, emptied in seen)  # ... also those trained without their mask
+
+
+def test_a_new_run_starts_from_a_saved_pipeline(tmp_path, synthetic_data):
+    """model.init_checkpoint may be an exported pipeline (the bundled model's folder): the trainer
+    starts from its transformer, condition LoRA and MoGLE; one of other shapes is refused."""
+    from facemogle.specs import load_pipeline
+
+    source = load_pipeline("tiny-random", seed=5)
+    export = tmp_path / "export"
+    source.save_pretrained(str(export), safe_serialization=True)
+    config = tiny_config(synthetic_data, tmp_path / "from-export", mode="scratch",
+                         model={"spec": "tiny-random", "init_checkpoint": str(export)},
+                         train={"ema_decay": 0.9, "max_steps": 1})
+    trainer = Trainer(config_from_dict(config), progress=False)
+    trainer.setup()
+    for owner in ("transformer", "mogle"):
+        theirs = getattr(source, owner).state_dict()
+        ours = getattr(trainer.pipe, owner).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    for name, shadow in zip(trainer._trainable_names(), trainer.ema.shadow_params):  # the average starts there
+        owner, key = name.split(".", 1)
+        assert torch.equal(shadow, getattr(source, owner).state_dict()[key].float())
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    other = tiny_config(synthetic_data, tmp_path / "other", mode="scratch", model={
+        "spec": "tiny-random", "init_checkpoint": str(export), "mogle": {"expert_hidden_dim": 8}})
+    with pytest.raises(CheckpointError, match="its mogle has other shapes"):
+        Trainer(config_from_dict(other), progress=False).setup()

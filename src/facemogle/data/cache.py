@@ -435,6 +435,13 @@ class LatentCache:
                               local_tokens=sample["local_tokens"], blank_tokens=self.blank_local_tokens)
         return latents.dense(None if dropped is None else dropped[None])[0]  # (E, N, D)
 
+    def covered_tokens(self, sample: dict[str, torch.Tensor], classes) -> torch.Tensor:
+        """(N,) bool: the tokens the sample's own mask covers with any of ``classes`` (class ids;
+        :meth:`MaskLatents.covered_tokens`)."""
+        latents = MaskLatents(global_tokens=sample["global_tokens"][None], local_present=sample["local_present"][None],
+                              local_tokens=sample["local_tokens"], blank_tokens=self.blank_local_tokens)
+        return latents.covered_tokens(classes)[0]
+
     def text(self, sentence: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(prompt_embeds (L, Dt), pooled (P,)) of sentence ``sentence`` of ``self.sentences``."""
         shard, row = self.manifest["text_shards"][sentence // self.shard_size], sentence % self.shard_size
@@ -453,7 +460,9 @@ class CachedTrainingDataset(torch.utils.data.Dataset):
       blank latents, the empty mask of text-only generation (all background = black);
     * ``weights`` (one per cached sample, None: every sample once per epoch): samples drawn in
       proportion to them (:class:`facemogle.data.stream.WeightedPositions`);
-    * ``first_caption_share``: the share of samples that take caption sentence 0 (every face fact).
+    * ``first_caption_share``: the share of samples that take caption sentence 0 (every face fact);
+    * ``part_classes`` (class ids; None: off): the item also holds ``part_tokens`` (N,) bool, the
+      tokens its mask covers with them, whatever was dropped (the loss's part weights).
 
     Item: ``{"position", "index", "image_tokens" (N, D), "condition_tokens" (E, N, D),
     "prompt_embeds" (L, Dt), "pooled_prompt_embeds" (P,), "noise" (N, D), "timestep" (),
@@ -461,7 +470,8 @@ class CachedTrainingDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, cache: LatentCache, seed: int, text_dropout: float, mask_dropout: float,
-                 empty_mask_dropout: float = 0.0, weights=None, first_caption_share: float = 0.0):
+                 empty_mask_dropout: float = 0.0, weights=None, first_caption_share: float = 0.0,
+                 part_classes=None):
         if cache.num_local + 1 != NUM_CONDITIONS:
             raise InputError(f"cache has {cache.num_local} local masks, this version needs {NUM_CONDITIONS - 1}")
         self.cache = cache
@@ -470,6 +480,7 @@ class CachedTrainingDataset(torch.utils.data.Dataset):
         self.mask_dropout = mask_dropout
         self.empty_mask_dropout = empty_mask_dropout
         self.first_caption_share = first_caption_share
+        self.part_classes = None if part_classes is None else list(part_classes)
         self.order = sample_order(cache.num_samples, seed, weights)  # weights: one per cached sample
 
     def __len__(self) -> int:
@@ -487,7 +498,7 @@ class CachedTrainingDataset(torch.utils.data.Dataset):
             prompt_embeds, pooled = cache.empty_prompt_embeds, cache.empty_pooled_prompt_embeds
         else:
             prompt_embeds, pooled = cache.text(int(captions[draws.caption]))
-        return {
+        item = {
             "position": position,
             "index": index,
             "image_tokens": sample["image_tokens"].float(),
@@ -501,3 +512,6 @@ class CachedTrainingDataset(torch.utils.data.Dataset):
             "local_dropped": draws.local_dropped,
             "mask_emptied": torch.tensor(draws.mask_emptied),
         }
+        if self.part_classes is not None:
+            item["part_tokens"] = cache.covered_tokens(sample, self.part_classes)
+        return item

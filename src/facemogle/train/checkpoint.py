@@ -332,6 +332,32 @@ def load_model_weights(directory: Path, transformer: torch.nn.Module, mogle, *, 
     mogle.load_official_state_dict(read_state_dict_file(directory / MOGLE_WEIGHT_NAME))
 
 
+def is_saved_pipeline(directory: str | os.PathLike) -> bool:
+    """True for a ``FaceMoGLEPipeline.save_pretrained`` folder (e.g. an export such as the bundled
+    model's), which is not a training checkpoint."""
+    directory = Path(directory)
+    return (directory / "model_index.json").is_file() and not (directory / MARKER_NAME).is_file()
+
+
+def load_saved_pipeline_weights(directory: Path, transformer: torch.nn.Module, mogle) -> None:
+    """Copy a saved pipeline's transformer (with its condition LoRA) and MoGLE weights into live
+    modules of the same shapes, in place and in their dtypes: a run that starts from an exported
+    model (``model.init_checkpoint: src/facemogle/weights/tiny``)."""
+    from facemogle.specs import load_pipeline
+
+    saved = load_pipeline("saved", path=directory, dtype=torch.float32)
+    for name, live, source in (("transformer", transformer, saved.transformer), ("mogle", mogle, saved.mogle)):
+        own, theirs = live.state_dict(), source.state_dict()
+        if set(own) != set(theirs):
+            different = sorted(set(own) ^ set(theirs))
+            raise CheckpointError(f"{directory}: its {name} does not fit this model (e.g. {different[0]})")
+        bad = [k for k in own if own[k].shape != theirs[k].shape]
+        if bad:
+            raise CheckpointError(f"{directory}: its {name} has other shapes than this model's (e.g. {bad[0]} "
+                                  f"{tuple(theirs[bad[0]].shape)} vs {tuple(own[bad[0]].shape)})")
+        live.load_state_dict(theirs)
+
+
 def read_ema_weights(directory: Path) -> dict | None:
     """The moving-average weights a checkpoint holds (``None``: it was trained without one)."""
     from safetensors.torch import load_file

@@ -102,8 +102,9 @@ class ModelSection:
     vae: Optional[str] = _opt(None, exists="dir", doc="a trained VAE directory (autoencoder stage) replacing the spec's")
     init_checkpoint: Optional[str] = _opt(None, exists="dir",
                                           doc="a diffusion checkpoint to start from (its moving average when it has "
-                                              "one): transformer (scratch mode), LoRA and MoGLE; a new run, new "
-                                              "optimizer and schedule")
+                                              "one): transformer (scratch mode), LoRA and MoGLE; or a saved "
+                                              "pipeline of the same shapes (an export, e.g. the bundled model's "
+                                              "folder); a new run, new optimizer and schedule")
     mogle: MoGLESection = _opt(MoGLESection())
 
 
@@ -163,6 +164,11 @@ class OptimizerSection:
     d_coef: float = _opt(1.0, gt=0.0, doc="prodigy only")
 
 
+#: The small parts ``train.part_loss_weight`` weighs by default: a few tokens each at 16 x 16 tokens.
+PART_LOSS_CLASSES = ("left eye", "right eye", "left eyebrow", "right eyebrow", "inner mouth", "upper lip",
+                     "lower lip")
+
+
 @dataclass(kw_only=True)
 class TrainSection:
     batch_size: int = _opt(1, ge=1, doc="per process; total = batch_size x processes x accumulation")
@@ -187,6 +193,12 @@ class TrainSection:
                                  doc="train at t' = s t / (1 + (s - 1) t) of the drawn logit-normal t "
                                      "(facemogle.flow.shift_timesteps, SD3 / FLUX's resolution shift): > 1 puts "
                                      "more steps at high noise, where layout and colour are set; 1: off")
+    part_loss_weight: float = _opt(0.0, ge=0.0,
+                                   doc="extra loss weight on the tokens the mask's small parts cover "
+                                       "(train.part_loss_classes; weights 1 + w there, 1 elsewhere, mean 1 per "
+                                       "sample: facemogle.flow.part_token_weights), also for samples trained "
+                                       "without their mask; 0: off; needs cache.enabled")
+    part_loss_classes: list = _opt(list(PART_LOSS_CLASSES), doc="class names train.part_loss_weight weighs")
     cpu_threads: Optional[int] = _opt(None, ge=1, doc="torch CPU threads (None: torch's default); 1 suits tiny models")
 
 
@@ -512,6 +524,16 @@ def _check_semantics(config: TrainingConfig, errors: list[str]) -> None:
     if train.lr_scheduler == "constant" and train.lr_warmup_steps:
         errors.append("train.lr_warmup_steps: the 'constant' scheduler has no warm-up; "
                       "use lr_scheduler: constant_with_warmup")
+    if train.part_loss_weight:
+        from facemogle.labels import CLASS_NAMES
+
+        unknown = [c for c in train.part_loss_classes if c not in CLASS_NAMES]
+        if unknown or not train.part_loss_classes:
+            errors.append(f"train.part_loss_classes: unknown class {unknown[0]!r}; known: {', '.join(CLASS_NAMES)}"
+                          if unknown else "train.part_loss_classes: empty (name the classes part_loss_weight weighs)")
+        if not config.cache.enabled:
+            errors.append("train.part_loss_weight: reads the parts off the cached mask latents; set cache.enabled: "
+                          "true (or part_loss_weight: 0)")
     if train.mixed_precision == "fp16":
         import torch
 

@@ -6,7 +6,7 @@ One optimizer step::
     t, noise     = the stream position's draws (facemogle.data.stream)          # (B,), (B, N, D)
     x_t, target  = flow.training_pair(x_0, noise, t)                            # (1 - t) x_0 + t noise, noise - x_0
     pred         = predict_velocity(transformer, mogle, x_t, t, cond + text)    # MoGLE -> condition forward, guidance 1
-    loss         = flow.loss(pred, target)                                      # mean squared error
+    loss         = flow.loss(pred, target[, part weights])                      # mean squared error
 
 ``flow`` is :class:`facemogle.flow.RectifiedFlow`; ``predict_velocity`` (:mod:`facemogle.sampling`)
 is the same prediction generation makes at every step.
@@ -42,7 +42,7 @@ from torch import nn
 from facemogle.condition_tokens import encode_mask_latents
 from facemogle.errors import CheckpointError, InputError, TrainingError
 from facemogle.files import atomic_write_text
-from facemogle.flow import RectifiedFlow, token_channel_weights
+from facemogle.flow import RectifiedFlow, part_token_weights, token_channel_weights
 from facemogle.latents import encode_images
 from facemogle.sampling import Conditioning, predict_velocity
 from facemogle.train import checkpoint as ckpt
@@ -263,6 +263,8 @@ class Trainer:
                                   timestep_shift=config.train.timestep_shift)
         if self.resume_dir is not None:
             ckpt.load_model_weights(self.resume_dir, pipe.transformer, pipe.mogle, scratch=config.mode == "scratch")
+        elif config.model.init_checkpoint is not None and ckpt.is_saved_pipeline(config.model.init_checkpoint):
+            ckpt.load_saved_pipeline_weights(Path(config.model.init_checkpoint), pipe.transformer, pipe.mogle)
         elif config.model.init_checkpoint is not None:  # a new run from an earlier run's weights
             start = Path(config.model.init_checkpoint)
             ckpt.verify_checkpoint(start)
@@ -381,9 +383,14 @@ class Trainer:
         self.cache_stats = dict(cache.stats, key=cache.key, directory=str(cache.directory))
         if self.sample_weights is not None and len(self.sample_weights) != cache.num_samples:
             raise TrainingError(f"{len(self.sample_weights)} sample weights for {cache.num_samples} cached samples")
+        part_classes = None
+        if config.train.part_loss_weight:
+            from facemogle.labels import class_ids
+
+            part_classes = class_ids(config.train.part_loss_classes)
         return CachedTrainingDataset(cache, config.seed, config.data.text_dropout, config.data.mask_dropout,
                                      config.data.empty_mask_dropout, self.sample_weights,
-                                     config.data.first_caption_share)
+                                     config.data.first_caption_share, part_classes)
 
     def _sample_records(self):
         if not self.config.sample.every:
@@ -425,7 +432,10 @@ class Trainer:
             x_t, target = self.flow.training_pair(batch["image_tokens"], batch["noise"], timestep)
             pred = self.model(x_t, timestep, batch["condition_tokens"], prompt_embeds,
                               batch["pooled_prompt_embeds"].to(self.weight_dtype), self.img_ids, txt_ids)
-            loss, per_sample = self.flow.loss(pred, target)
+            token_weights = None
+            if self.config.train.part_loss_weight:  # (B, N): more weight on the small parts' tokens
+                token_weights = part_token_weights(batch["part_tokens"], self.config.train.part_loss_weight)
+            loss, per_sample = self.flow.loss(pred, target, token_weights)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 max_norm = self.config.train.max_grad_norm or math.inf
