@@ -38,9 +38,10 @@ APP_ARGS ?=
 app: venv
 	$(VENV)/bin/facemogle app $(APP_ARGS)
 
-# Reproduce the bundled CPU model (about 4.75 hours on 2 cores): captions, split, autoencoder, text
+# Reproduce the bundled CPU model (about 5.3 hours on 2 cores): captions, split, autoencoder, text
 # encoders, diffusion from scratch, a text-emphasis run from its moving average
 # (configs/tiny_text_emphasis.yaml), a high-noise run from that one's (configs/tiny_high_noise.yaml),
+# a small-parts run from that one's (configs/tiny_small_parts.yaml),
 # export to src/facemogle/weights/tiny, then its metrics, sample
 # grid and gate plot (scripts/train_tiny_model.py, scripts/evaluate_tiny_model.py).
 tiny-model: venv

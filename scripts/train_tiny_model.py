@@ -1,7 +1,7 @@
 """Reproduce the bundled "tiny" model in one command (``make tiny-model``).
 
 Stages (each writes under ``--work-dir``; nothing is written into the dataset folder): captions,
-split, autoencoder, text encoders, diffusion from scratch, text emphasis, high noise, export (float16 + model card) to
+split, autoencoder, text encoders, diffusion from scratch, text emphasis, high noise, small parts, export (float16 + model card) to
 ``--export``, then ``scripts/evaluate_tiny_model.py`` (metrics into the card, sample grid and gate
 plot into ``docs/images``). The stages are described in ``facemogle.train.tiny_recipe``.
 
@@ -31,6 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="stage 5b's changes to --config (text emphasis run); 'none': no stage 5b")
     p.add_argument("--high-noise-config", default=str(REPO / "configs" / "tiny_high_noise.yaml"),
                    help="stage 5c's changes on top of 5b's (high-noise run, train.timestep_shift); 'none': no stage 5c")
+    p.add_argument("--small-parts-config", default=str(REPO / "configs" / "tiny_small_parts.yaml"),
+                   help="stage 5d's changes on top of 5c's (small-parts run, train.part_loss_weight); 'none': no stage 5d")
     p.add_argument("--data", default=None, help="dataset folder (default: the config's data.root)")
     p.add_argument("--work-dir", default=str(REPO / "runs" / "tiny-model"))
     p.add_argument("--export", default=None, help="export directory (default: src/facemogle/weights/tiny; "
@@ -60,7 +62,8 @@ def main(argv=None) -> int:
         num_val=args.num_val, text_steps=args.text_steps, text_batch_size=args.text_batch_size, text_lr=args.text_lr,
         threads=args.threads, processes=args.processes, pilot_minutes=args.pilot_minutes,
         emphasis_config=None if args.emphasis_config == "none" else Path(args.emphasis_config),
-        high_noise_config=None if args.high_noise_config == "none" else Path(args.high_noise_config)))
+        high_noise_config=None if args.high_noise_config == "none" else Path(args.high_noise_config),
+        small_parts_config=None if args.small_parts_config == "none" else Path(args.small_parts_config)))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from facemogle.train.tiny_recipe import (
     finish_stage,
     finished_stage,
     follow_up_stage,
+    follow_up_stages,
     model_card,
     pilot_budget_s,
     read_overrides,
@@ -183,6 +184,31 @@ def test_model_card_describes_the_high_noise_stage_when_it_ran():
     assert "| high_noise | 9 | 4 | 0.5 | 1.25 | 0.75 |" in card
     assert card.index("| emphasis |") < card.index("| high_noise |")  # in the order they ran
     assert "`train.timestep_shift: 3.0`" in card and "t' = s t / (1 + (s - 1) t)" in card
+
+
+def test_model_card_describes_the_small_parts_stage_after_the_high_noise_one():
+    split = Split(train=("a",), val=("b",))
+    report = recipe_report()
+    report["stages"]["emphasis"] = {**STAGE, "settings": {}}
+    report["stages"]["high_noise"] = {**STAGE, "steps": 9, "settings": {"train.timestep_shift": 3.0}}
+    alone = model_card(report, split, config=None)
+    assert "| small_parts |" not in alone and "train.part_loss_weight" not in alone
+    report["stages"]["small_parts"] = {**STAGE, "steps": 5, "settings": {"train.part_loss_weight": 4.0}}
+    card = model_card(report, split, config=None)
+    assert "| small_parts | 5 | 4 | 0.5 | 1.25 | 0.75 |" in card
+    assert card.index("| high_noise |") < card.index("| small_parts |")
+    assert "`train.part_loss_weight: 4.0`" in card and "facemogle.flow.part_token_weights" in card
+    assert card.count("Its moving average is what is exported.") == 1  # said of the last run only
+
+
+def test_follow_up_stages_run_in_order_and_only_when_asked(tmp_path):
+    every = settings(tmp_path, emphasis_config=tmp_path / "b.yaml", high_noise_config=tmp_path / "c.yaml",
+                     small_parts_config=tmp_path / "d.yaml")
+    assert [name for name, _ in follow_up_stages(every)] == ["emphasis", "high_noise", "small_parts"]
+    assert follow_up_stages(every)[2][1] == tmp_path / "d.yaml"
+    assert [name for name, _ in follow_up_stages(settings(tmp_path, small_parts_config=tmp_path / "d.yaml"))] == [
+        "small_parts"]
+    assert follow_up_stages(settings(tmp_path)) == []
 
 
 def test_a_follow_up_stage_starts_from_the_given_checkpoint_with_the_given_settings(tmp_path, monkeypatch):

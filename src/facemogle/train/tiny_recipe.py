@@ -16,6 +16,10 @@ into the dataset folder:
     noise      towards noise (``configs/tiny_high_noise.yaml``: ``train.timestep_shift``), where
                 the hair colour and the face's layout are set -> ``<work>/high_noise``; skipped
                 when the settings give no high-noise config
+5d. small      a run from 5c's moving average with 5c's settings and more loss weight on the tokens
+    parts      of the eyes, brows, inner mouth and lips (``configs/tiny_small_parts.yaml``:
+                ``train.part_loss_weight``) -> ``<work>/small_parts``; skipped when the settings give
+                no small-parts config
 6. export       the whole pipeline in float16 + the text-image score weights + ``MODEL_CARD.md``
                 (:func:`export_pipeline`, :func:`model_card`) -> the export dir
 7. evaluate     ``scripts/evaluate_tiny_model.py`` (:mod:`facemogle.eval.tiny_model_report`) in a
@@ -49,7 +53,8 @@ import yaml
 from facemogle.files import atomic_directory, atomic_write_text
 
 #: Share of a pilot's minutes per stage (autoencoder, text, diffusion); captions/cache/export extra.
-PILOT_SHARES = {"autoencoder": 0.3, "text": 0.15, "diffusion": 0.35, "emphasis": 0.12, "high_noise": 0.08}
+PILOT_SHARES = {"autoencoder": 0.3, "text": 0.15, "diffusion": 0.3, "emphasis": 0.12, "high_noise": 0.07,
+                "small_parts": 0.06}
 #: A pilot's diffusion stage caches only this many faces (the cache build time per face is reported).
 PILOT_CACHED_FACES = 64
 #: Steps of the short run that measures a stage's seconds per step in a pilot.
@@ -81,6 +86,8 @@ class RecipeSettings:
             ``data.empty_mask_dropout: 0.4``); ``None``: no stage 5b.
         high_noise_config: stage 5c's changes on top of 5b's (``configs/tiny_high_noise.yaml``:
             ``train.timestep_shift``); ``None``: no stage 5c.
+        small_parts_config: stage 5d's changes on top of 5c's (``configs/tiny_small_parts.yaml``:
+            ``train.part_loss_weight``); ``None``: no stage 5d.
     """
 
     config: Path
@@ -98,6 +105,7 @@ class RecipeSettings:
     pilot_minutes: float | None = None
     emphasis_config: Path | None = None
     high_noise_config: Path | None = None
+    small_parts_config: Path | None = None
 
     @property
     def pilot(self) -> bool:
@@ -275,6 +283,13 @@ def follow_up_stage(settings: RecipeSettings, name: str, yaml_path: Path, overri
     return report, config
 
 
+def follow_up_stages(settings: RecipeSettings) -> list[tuple[str, Path]]:
+    """The follow-up stages the settings ask for, in the order they run: (name, YAML of changes)."""
+    stages = (("emphasis", settings.emphasis_config), ("high_noise", settings.high_noise_config),
+              ("small_parts", settings.small_parts_config))
+    return [(name, Path(path)) for name, path in stages if path is not None]
+
+
 def read_overrides(path: Path) -> dict:
     """A YAML mapping of dotted config keys -> values (stage 5b's changes); refuses anything else."""
     from facemogle.errors import InputError
@@ -380,12 +395,13 @@ def run_recipe(settings: RecipeSettings) -> int:
 
     final = Path(report["stages"]["diffusion"]["final_checkpoint"])
 
-    # 5b. text emphasis (from the diffusion stage's moving average), 5c. high noise (from 5b's)
+    # 5b. text emphasis (from the diffusion stage's moving average), 5c. high noise (from 5b's),
+    # 5d. small parts (from 5c's)
     follow_up_overrides = dict(diffusion_overrides)
-    for name, yaml_path in (("emphasis", settings.emphasis_config), ("high_noise", settings.high_noise_config)):
+    for name, yaml_path in follow_up_stages(settings):
         if yaml_path is None:
             continue
-        follow_up_overrides.update(read_overrides(yaml_path))  # 5c's changes come on top of 5b's
+        follow_up_overrides.update(read_overrides(yaml_path))  # each one's changes come on top of the last's
         report["stages"][name], config = follow_up_stage(settings, name, yaml_path, follow_up_overrides, final,
                                                          process_threads)
         final = Path(report["stages"][name]["final_checkpoint"])
@@ -533,14 +549,25 @@ def model_card(report: dict, split, config) -> str:
             "trains at t' = s t / (1 + (s - 1) t) of the drawn logit-normal t (SD3 / FLUX's resolution shift),",
             "so more of its steps fall at high noise, where the hair colour and the face's layout are decided:",
             "the prompt's colours, hats, smiles and open mouths are followed more often (the metrics below).",
-            "Its moving average is what is exported.",
+        ]
+        lines += ["Its moving average is what is exported.", ""] if "small_parts" not in stages else [""]
+    if "small_parts" in stages:
+        changes = stages["small_parts"].get("settings", {})
+        lines += [
+            "A small-parts run (`small_parts` row; configs/tiny_small_parts.yaml's changes on top of the high-noise",
+            "run's: " + ", ".join(f"`{k}: {json.dumps(v)}`" for k, v in changes.items()) + ")",
+            "then starts from the high-noise run's moving average. With `train.part_loss_weight` w the tokens",
+            "the mask's eyes, brows, inner mouth and lips cover weigh 1 + w in the loss and the others 1 (mean 1",
+            "per face; `facemogle.flow.part_token_weights`), text-only samples included, whose mask the model",
+            "does not see: an eye is 2-4 of the 256 tokens, so a face drawn without one otherwise costs next to",
+            "nothing. Its moving average is what is exported.",
             "",
         ]
     lines += [
         "| stage | steps | batch | steps/s | first loss | last loss |",
         "|---|---|---|---|---|---|",
     ]
-    for name in ("autoencoder", "text", "diffusion", "emphasis", "high_noise"):
+    for name in ("autoencoder", "text", "diffusion", "emphasis", "high_noise", "small_parts"):
         if name not in stages:
             continue
         s = stages[name]
@@ -576,19 +603,19 @@ def model_card(report: dict, split, config) -> str:
         "",
         "## Known limits",
         "",
-        "- 128 px and 800 training faces, about 4.75 hours of 2 CPU cores: faces are rough, with patchy 4 x 4",
+        "- 128 px and 800 training faces, about 5.3 hours of 2 CPU cores: faces are rough, with patchy 4 x 4",
         "  texture where the model is unsure (the PCA codec has no decoder of its own to hide it) and little",
         "  variety; not a substitute for FLUX.1-dev.",
         "- Mask control is per token (8 x 8 px): small parts come out where the mask puts them, but their",
         "  shapes only roughly; hand-drawn masks unlike CelebAMask-HQ's are followed more loosely.",
         "- Captions cover only what the auto-captioner measures (hair colour and length, accessories, smile,",
         "  open mouth, colours); other words are ignored or misread. Text-only faces come from the empty mask",
-        "  (every condition map blank), which 15 % of the diffusion run's samples had (40 % of the text-emphasis",
-        "  and high-noise runs').",
+        "  (every condition map blank), which 15 % of the diffusion run's samples had (40 % of the text-emphasis,",
+        "  high-noise and small-parts runs').",
         "- Text control is partial (the text-control table above): brown hair is followed only part of the",
         "  time (it comes out darker than the captioner's brown, between its black and brown, or lighter,",
         "  between brown and blond), and over a mask rarely; eyeglasses, hats, earrings and necklaces are",
-        "  seldom drawn from text. About one text-only face in eight misses an eye.",
+        "  seldom drawn from text. About one text-only face in sixteen misses an eye.",
         f"  Text-only images are guided at w = {TINY_TEXT_ONLY_GUIDANCE_SCALE:g} (`text_only_guidance_scale`; masked images at",
         f"  {TINY_MASK_GUIDANCE_SCALE:g}): on training captions, w = 4 / 5 / 6 gave hair colour 100 / 56 / 81, 100 / 56 / 88 and",
         "  100 / 56 / 94 % and faces with every part 78 / 78 / 75 % (`python scripts/choose_tiny_guidance.py",
