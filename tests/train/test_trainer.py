@@ -369,9 +369,9 @@ def test_a_nan_loss_stops_training_before_a_checkpoint(synthetic_data, tmp_path,
     real_loss = RectifiedFlow.loss
     calls = {"n": 0}
 
-    def loss(self, pred, target):
+    def loss(self, pred, target, token_weights=None):
         calls["n"] += 1
-        value, per_sample = real_loss(self, pred, target)
+        value, per_sample = real_loss(self, pred, target, token_weights)
         if calls["n"] >= 3:  # the third step diverges
             return value * float("nan"), per_sample * float("nan")
         return value, per_sample
