@@ -567,6 +567,17 @@ def test_sample_weights_combine_the_balance_options_and_drop_incomplete_faces(tm
         weights(complete_faces_only=True)
 
 
+def unweighted_squared_error(trainer, batch) -> torch.Tensor:
+    """(B, N, D) squared velocity error of the trainer's model on ``batch`` before its step (t unshifted)."""
+    t = batch["timestep"].view(-1, 1, 1)
+    x0, noise = batch["image_tokens"], batch["noise"]
+    txt_ids = torch.zeros(batch["prompt_embeds"].shape[1], 3)
+    with torch.no_grad():
+        pred = trainer.model((1 - t) * x0 + t * noise, batch["timestep"], batch["condition_tokens"],
+                             batch["prompt_embeds"], batch["pooled_prompt_embeds"], trainer.img_ids, txt_ids)
+    return (pred.float() - (noise - x0).float()).square()
+
+
 def test_loss_channel_power_weighs_the_loss_by_the_codecs_gain(synthetic_data, tmp_path):
     """train.loss_channel_power: the logged loss is the token MSE weighted per channel by the PCA
     codec's gain (flow.token_channel_weights); an autoencoder without gains is refused at setup."""
@@ -591,13 +602,7 @@ def test_loss_channel_power_weighs_the_loss_by_the_codecs_gain(synthetic_data, t
     real_micro_step = trainer._micro_step
 
     def recording_micro_step(batch):
-        t = batch["timestep"].view(-1, 1, 1)
-        x0, noise = batch["image_tokens"], batch["noise"]
-        txt_ids = torch.zeros(batch["prompt_embeds"].shape[1], 3)
-        with torch.no_grad():
-            pred = trainer.model((1 - t) * x0 + t * noise, batch["timestep"], batch["condition_tokens"],
-                                 batch["prompt_embeds"], batch["pooled_prompt_embeds"], trainer.img_ids, txt_ids)
-        error = (pred.float() - (noise - x0).float()).square()
+        error = unweighted_squared_error(trainer, batch)
         seen["weighted"], seen["plain"] = (error * weights).mean().item(), error.mean().item()
         return real_micro_step(batch)
 
@@ -663,13 +668,7 @@ def test_part_loss_weight_weighs_the_small_parts_tokens_of_every_sample(syntheti
         # the weights are not uniform and the test can tell them from the plain MSE
         batch = dict(batch, part_tokens=torch.zeros_like(batch["part_tokens"]))
         batch["part_tokens"][:, 0] = True
-        t = batch["timestep"].view(-1, 1, 1)
-        x0, noise = batch["image_tokens"], batch["noise"]
-        txt_ids = torch.zeros(batch["prompt_embeds"].shape[1], 3)
-        with torch.no_grad():
-            pred = trainer.model((1 - t) * x0 + t * noise, batch["timestep"], batch["condition_tokens"],
-                                 batch["prompt_embeds"], batch["pooled_prompt_embeds"], trainer.img_ids, txt_ids)
-        error = (pred.float() - (noise - x0).float()).square()  # (B, N, D)
+        error = unweighted_squared_error(trainer, batch)  # (B, N, D)
         weights = part_token_weights(batch["part_tokens"], 4.0)
         seen.append(((error * weights[..., None]).mean().item(), error.mean().item(), batch["part_tokens"].clone(),
                      batch["mask_emptied"].clone()))
