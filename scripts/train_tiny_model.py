@@ -13,6 +13,9 @@ recipe end to end and measure each stage's throughput; its export goes to ``<wor
 unless ``--export`` is given.
 
     python scripts/train_tiny_model.py                       # the full run (~4.75 h on 2 cores)
+    python scripts/train_tiny_model.py --low-res-config configs/tiny_low_res.yaml \
+        --emphasis-config configs/tiny_fast_text_emphasis.yaml --high-noise-config none \
+        --small-parts-config none                             # make tiny-model-fast (~2.6 h)
     python scripts/train_tiny_model.py --pilot-minutes 8 --work-dir /tmp/tiny-pilot
 """
 
@@ -27,6 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(REPO / "configs" / "tiny.yaml"))
+    p.add_argument("--low-res-config", default="none",
+                   help="stage 5's own changes to --config (configs/tiny_low_res.yaml: the diffusion run at 64 px; "
+                        "the later runs keep --config's resolution); default none")
     p.add_argument("--emphasis-config", default=str(REPO / "configs" / "tiny_text_emphasis.yaml"),
                    help="stage 5b's changes to --config (text emphasis run); 'none': no stage 5b")
     p.add_argument("--high-noise-config", default=str(REPO / "configs" / "tiny_high_noise.yaml"),
@@ -61,6 +67,7 @@ def main(argv=None) -> int:
         data=Path(args.data) if args.data else None, export=Path(args.export) if args.export else None,
         num_val=args.num_val, text_steps=args.text_steps, text_batch_size=args.text_batch_size, text_lr=args.text_lr,
         threads=args.threads, processes=args.processes, pilot_minutes=args.pilot_minutes,
+        low_res_config=None if args.low_res_config == "none" else Path(args.low_res_config),
         emphasis_config=None if args.emphasis_config == "none" else Path(args.emphasis_config),
         high_noise_config=None if args.high_noise_config == "none" else Path(args.high_noise_config),
         small_parts_config=None if args.small_parts_config == "none" else Path(args.small_parts_config)))

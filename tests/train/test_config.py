@@ -54,6 +54,24 @@ def test_the_tiny_recipe_configs_validate_together(tmp_path, monkeypatch):
     assert "left eye" in last.train.part_loss_classes and "right eye" in last.train.part_loss_classes
 
 
+def test_the_fast_tiny_recipe_configs_validate(tmp_path, monkeypatch):
+    """make tiny-model-fast: tiny.yaml + configs/tiny_low_res.yaml (stage 5, 64 px) and tiny.yaml +
+    configs/tiny_fast_text_emphasis.yaml (stage 5b, 128 px: text emphasis, shift, small parts' weight)."""
+    from facemogle.train.tiny_recipe import read_overrides
+
+    monkeypatch.chdir(CONFIGS.parent)
+    (tmp_path / "start").mkdir()
+    first = load_config(CONFIGS / "tiny.yaml", {**read_overrides(CONFIGS / "tiny_low_res.yaml"),
+                                                 "data.root": str(tmp_path)})
+    second = load_config(CONFIGS / "tiny.yaml", {**read_overrides(CONFIGS / "tiny_fast_text_emphasis.yaml"),
+                                                  "data.root": str(tmp_path), "model.init_checkpoint": str(tmp_path / "start")})
+    assert (first.data.resolution, second.data.resolution) == (64, 128)
+    assert (first.train.max_steps, second.train.max_steps) == (4500, 1800)
+    assert first.train.timestep_shift == 1.0 and second.train.timestep_shift == 2.0
+    assert first.train.part_loss_weight == 0 and second.train.part_loss_weight == 2.0
+    assert second.data.empty_mask_dropout == 0.4 and second.data.balance_hair_colour
+
+
 def refused(tmp_path, **sections) -> str:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)

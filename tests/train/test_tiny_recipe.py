@@ -244,3 +244,74 @@ def test_a_follow_up_stage_starts_from_the_given_checkpoint_with_the_given_setti
     _, pilot_config = follow_up_stage(settings(tmp_path, config=config, pilot_minutes=4), "high_noise", yaml_path,
                                       stacked, tmp_path / "emphasis" / "final", 1)
     assert pilot_config.train.max_steps == 5 and pilot_config.sample.every == 0
+
+
+def test_the_low_res_changes_are_the_diffusion_stage_s_own(tmp_path, synthetic_data, monkeypatch):
+    """run_recipe trains stage 5 with configs/tiny.yaml + the low-resolution YAML's changes, and the
+    follow-up run with tiny.yaml + its own YAML's changes only: it does not inherit 64 px or the step
+    count; the report keeps each stage's changes for the card."""
+    import facemogle.train.tiny_recipe as recipe
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    work = tmp_path / "work"
+    (work / "captions").mkdir(parents=True)
+    (work / "captions" / "text.json").write_text("{}", encoding="utf-8")  # captions stage: reused
+    for stage in ("autoencoder", "text"):  # finished earlier: reused
+        finish_stage(work / stage, {**STAGE, "wall_s": 60.0})
+    (work / "autoencoder" / "vae").mkdir()
+    seen = {}
+
+    def fake_trained_stage(config, settings, name, threads, started, with_cache_stats=False, extra=None):
+        seen[name] = config
+        (work / name / "final").mkdir(parents=True, exist_ok=True)
+        return {**STAGE, "wall_s": 1.0, "final_checkpoint": str(work / name / "final"), **(extra or {})}
+
+    monkeypatch.setattr(recipe, "trained_stage", fake_trained_stage)
+    monkeypatch.setattr(recipe, "export_pipeline", lambda *args, **kwargs: None)
+    monkeypatch.setattr(recipe.subprocess, "run", lambda *args, **kwargs: type("Done", (), {"returncode": 0})())
+    low_res, emphasis = tmp_path / "low.yaml", tmp_path / "emphasis.yaml"
+    low_res.write_text("data.resolution: 64\ntrain.max_steps: 45\n", encoding="utf-8")
+    emphasis.write_text("seed: 1\ntrain.max_steps: 18\ndata.empty_mask_dropout: 0.4\n", encoding="utf-8")
+    monkeypatch.chdir(configs.parent)
+    assert recipe.run_recipe(settings(tmp_path, config=configs / "tiny.yaml", data=synthetic_data, num_val=2,
+                                      low_res_config=low_res, emphasis_config=emphasis)) == 0
+
+    first, second = seen["diffusion"], seen["emphasis"]
+    assert (first.data.resolution, first.train.max_steps, first.seed) == (64, 45, 0)
+    assert (second.data.resolution, second.train.max_steps, second.seed) == (128, 18, 1)  # tiny.yaml's size
+    assert second.data.empty_mask_dropout == 0.4 and first.data.empty_mask_dropout == 0.15
+    assert second.model.init_checkpoint == str(work / "diffusion" / "final")
+    report = json.loads((work / "recipe_report.json").read_text(encoding="utf-8"))
+    assert report["stages"]["diffusion"]["settings"] == {"data.resolution": 64, "train.max_steps": 45}
+
+    seen.clear()  # without a low-resolution YAML stage 5 trains at tiny.yaml's size and steps
+    assert recipe.run_recipe(settings(tmp_path, config=configs / "tiny.yaml", data=synthetic_data, num_val=2)) == 0
+    assert (seen["diffusion"].data.resolution, seen["diffusion"].train.max_steps) == (128, 4200)
+    assert "emphasis" not in seen
+
+
+def test_model_card_describes_the_low_resolution_run_and_the_emphasis_run_s_loss_settings():
+    split = Split(train=("a",), val=("b",))
+    report = recipe_report()
+    report["stages"]["emphasis"] = {**STAGE, "settings": {"data.empty_mask_dropout": 0.4}}
+    plain = model_card(report, split, config=None)
+    assert "configs/tiny_low_res.yaml" not in plain and "train.timestep_shift" not in plain
+    assert "train.part_loss_weight" not in plain
+    assert plain.count("Its moving average is what is exported.") == 1
+
+    report["stages"]["diffusion"] = {**STAGE, "settings": {"data.resolution": 64, "train.max_steps": 4500}}
+    report["stages"]["emphasis"]["settings"].update({"train.timestep_shift": 2.0, "train.part_loss_weight": 2.0})
+    card = model_card(report, split, config=None)
+    assert "The diffusion run trains at 64 x 64 px (configs/tiny_low_res.yaml" in card
+    assert "`data.resolution: 64`, `train.max_steps: 4500`): 8 x 8 image tokens" in card
+    assert "With `train.timestep_shift` s the model trains at" in card
+    assert "With `train.part_loss_weight` w the tokens" in card
+    assert card.index("The diffusion run trains at 64") < card.index("A text-emphasis run")
+
+
+def test_training_hours_add_up_every_stage_s_wall_time():
+    from facemogle.train.tiny_recipe import training_hours
+
+    stages = {"captions": {"seconds": 360.0}, "text": {"wall_s": 1800.0}, "diffusion": {"wall_s": 5040.0},
+              "autoencoder": None}
+    assert training_hours(stages) == pytest.approx(2.0)

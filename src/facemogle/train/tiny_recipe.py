@@ -7,7 +7,10 @@ into the dataset folder:
 2. split        the deterministic val split (``facemogle.data.splits``) -> ``<work>/split.json``
 3. autoencoder  the VAE (config ``stage: autoencoder``) -> ``<work>/autoencoder/vae``
 4. text         the byte-level CLIP / T5 pair, contrastive on the captions -> ``<work>/text``
-5. diffusion    transformer + condition LoRA + MoGLE from scratch (config ``mode: scratch``)
+5. diffusion    transformer + condition LoRA + MoGLE from scratch (config ``mode: scratch``); with a
+                low-resolution config (``configs/tiny_low_res.yaml``, ``make tiny-model-fast``) at
+                64 px (8 x 8 image tokens, a step ~2.6x cheaper), the later runs still at the
+                config's 128 px (low resolution first, as FLUX was pre-trained)
 5b. text        a shorter run from the diffusion stage's moving average that puts weight on the
     emphasis    text (``configs/tiny_text_emphasis.yaml``: more text-only samples, faces with rare
                 caption attributes drawn more often, the every-fact caption sentence more often)
@@ -82,6 +85,9 @@ class RecipeSettings:
         threads: torch CPU threads (``None``: the config's, 1 for a pilot).
         processes: data-parallel CPU processes for the autoencoder and diffusion stages.
         pilot_minutes: cut every stage to fit this many minutes (``None``: the full run).
+        low_res_config: stage 5's own changes to ``config`` (``configs/tiny_low_res.yaml``: a lower
+            ``data.resolution`` and its step count); the follow-up runs do not inherit them, so they
+            train at ``config``'s resolution. ``None``: stage 5 trains at ``config``'s resolution.
         emphasis_config: stage 5b's changes to ``config`` (a YAML mapping of dotted keys, e.g.
             ``data.empty_mask_dropout: 0.4``); ``None``: no stage 5b.
         high_noise_config: stage 5c's changes on top of 5b's (``configs/tiny_high_noise.yaml``:
@@ -103,6 +109,7 @@ class RecipeSettings:
     threads: int | None = None
     processes: int = 1
     pilot_minutes: float | None = None
+    low_res_config: Path | None = None
     emphasis_config: Path | None = None
     high_noise_config: Path | None = None
     small_parts_config: Path | None = None
@@ -383,15 +390,19 @@ def run_recipe(settings: RecipeSettings) -> int:
     diffusion_overrides = dict(common, **{"model.vae": str(vae_dir), "output_dir": str(work / "diffusion"),
                                           "cache.dir": str(work / "cache"),
                                           "model.options": {"random_init": True, "text_encoders": str(work / "text")}})
-    steps = base.train.max_steps
+    low_res = read_overrides(settings.low_res_config) if settings.low_res_config else {}  # this stage's own
+    stage_overrides = dict(diffusion_overrides, **low_res)
+    steps = load_config(settings.config, stage_overrides).train.max_steps
     if pilot:
-        diffusion_overrides.update({"sample.every": 0, "checkpoint.every": 10**6, "data.max_samples": PILOT_CACHED_FACES})
-        steps = pilot_steps(settings, diffusion_overrides, "diffusion", "train.max_steps", "probe-diffusion",
+        pilot_overrides = {"sample.every": 0, "checkpoint.every": 10**6, "data.max_samples": PILOT_CACHED_FACES}
+        diffusion_overrides.update(pilot_overrides)  # the follow-up runs' too
+        stage_overrides.update(pilot_overrides)
+        steps = pilot_steps(settings, stage_overrides, "diffusion", "train.max_steps", "probe-diffusion",
                             process_threads)
-        diffusion_overrides.update({"train.lr_warmup_steps": min(base.train.lr_warmup_steps, steps // 4)})
-    config = load_config(settings.config, dict(diffusion_overrides, **{"train.max_steps": steps}))
+        stage_overrides.update({"train.lr_warmup_steps": min(base.train.lr_warmup_steps, steps // 4)})
+    config = load_config(settings.config, dict(stage_overrides, **{"train.max_steps": steps}))
     report["stages"]["diffusion"] = trained_stage(config, settings, "diffusion", process_threads, started,
-                                                  with_cache_stats=True)
+                                                  with_cache_stats=True, extra={"settings": low_res})
 
     final = Path(report["stages"]["diffusion"]["final_checkpoint"])
 
@@ -472,6 +483,30 @@ def drop_local_paths(export: Path) -> None:
             atomic_write_text(config_file, json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
+#: The model card's words for a run's ``train.timestep_shift`` and ``train.part_loss_weight``.
+TIMESTEP_SHIFT_WORDS = [
+    "With `train.timestep_shift` s the model trains at t' = s t / (1 + (s - 1) t) of the drawn logit-normal t",
+    "(SD3 / FLUX's resolution shift), so more of its steps fall at high noise, where the hair colour and the",
+    "face's layout are decided.",
+]
+PART_LOSS_WORDS = [
+    "With `train.part_loss_weight` w the tokens the mask's eyes, brows, inner mouth and lips cover weigh 1 + w",
+    "in the loss and the others 1 (mean 1 per face; `facemogle.flow.part_token_weights`), text-only samples",
+    "included, whose mask the model does not see: an eye is 2-4 of the 256 tokens, so a face drawn without one",
+    "otherwise costs next to nothing.",
+]
+
+
+def settings_words(changes: dict) -> str:
+    """A run's YAML changes as the card lists them: `key: value`, JSON-style (YAML's true, not True)."""
+    return ", ".join(f"`{k}: {json.dumps(v)}`" for k, v in changes.items())
+
+
+def training_hours(stages: dict) -> float:
+    """Hours the recipe's stages took (their ``wall_s``, captions' ``seconds``), the evaluation not counted."""
+    return sum(s.get("wall_s", s.get("seconds", 0.0)) for s in stages.values() if s) / 3600
+
+
 def model_card(report: dict, split, config) -> str:
     """The exported model's ``MODEL_CARD.md``: data and licence, recipe (a row per training stage),
     parameter counts, why the text encoders are trained here, known limits. The "Metrics" section is
@@ -513,19 +548,30 @@ def model_card(report: dict, split, config) -> str:
         "training photos.",
         "",
     ]
+    low_res = stages["diffusion"].get("settings", {})
+    if "data.resolution" in low_res:
+        size = low_res["data.resolution"]
+        lines += [
+            f"The diffusion run trains at {size} x {size} px (configs/tiny_low_res.yaml's changes to configs/tiny.yaml:",
+            settings_words(low_res) + f"): {size // 8} x {size // 8} image tokens and as many condition tokens instead of",
+            "16 x 16, so a step costs about a third (the steps/s below) and the run takes more of them in the same",
+            "time; the face's layout and the mask's coarse parts are learnt there. The runs after it train at",
+            "128 px, where the model is used, and start from its moving average (the rotary positions count tokens,",
+            "so the same weights read both sizes; FLUX was pre-trained the same way, low resolution first).",
+            "",
+        ]
     if "emphasis" in stages:
         from facemogle.data.balance import MAX_WEIGHT
 
         changes = stages["emphasis"].get("settings", {})
         lines += [
-            "A text-emphasis run (`emphasis` row; configs/tiny_text_emphasis.yaml's changes to configs/tiny.yaml:",
-            ", ".join(f"`{k}: {json.dumps(v)}`" for k, v in changes.items()) + ")",  # YAML's true, not True
+            "A text-emphasis run (`emphasis` row; its YAML's changes to configs/tiny.yaml:",
+            settings_words(changes) + ")",
             "then starts from the diffusion run's moving average with a new optimizer, schedule and moving",
             "average (its warm-up restarts): more samples with the empty mask, faces whose first caption",
             "sentence states an attribute rarer than `data.balance_attributes` of the training faces (eyeglasses,",
             f"hat, blond hair, an open mouth, ...) drawn up to {MAX_WEIGHT:g}x more often (`facemogle.data.balance`),",
-            "and `data.first_caption_share` of the samples captioned with that every-fact sentence; its moving",
-            "average is what is exported.",
+            "and `data.first_caption_share` of the samples captioned with that every-fact sentence.",
         ]
         if changes.get("data.balance_hair_colour"):
             lines.append("With `data.balance_hair_colour` every hair colour the captions name is drawn as often as the "
@@ -539,28 +585,28 @@ def model_card(report: dict, split, config) -> str:
                 lines.append("With `data.covered_parts_count` eyeglasses count as the eyes they cover and a hat as the "
                              "hair, so the faces wearing them stay in (768 of the 800 training faces kept, 741 "
                              "without).")
-        lines.append("")
+        if changes.get("train.timestep_shift", 1.0) != 1.0:
+            lines += TIMESTEP_SHIFT_WORDS
+        if changes.get("train.part_loss_weight"):
+            lines += PART_LOSS_WORDS
+        lines += ["Its moving average is what is exported.", ""] if "high_noise" not in stages else [""]
     if "high_noise" in stages:
         changes = stages["high_noise"].get("settings", {})
         lines += [
             "A high-noise run (`high_noise` row; configs/tiny_high_noise.yaml's changes on top of the text-emphasis",
-            "run's: " + ", ".join(f"`{k}: {json.dumps(v)}`" for k, v in changes.items()) + ")",
-            "then starts from the text-emphasis run's moving average. With `train.timestep_shift` s the model",
-            "trains at t' = s t / (1 + (s - 1) t) of the drawn logit-normal t (SD3 / FLUX's resolution shift),",
-            "so more of its steps fall at high noise, where the hair colour and the face's layout are decided:",
-            "the prompt's colours, hats, smiles and open mouths are followed more often (the metrics below).",
+            "run's: " + settings_words(changes) + ")",
+            "then starts from the text-emphasis run's moving average.",
+            *TIMESTEP_SHIFT_WORDS,
         ]
         lines += ["Its moving average is what is exported.", ""] if "small_parts" not in stages else [""]
     if "small_parts" in stages:
         changes = stages["small_parts"].get("settings", {})
         lines += [
             "A small-parts run (`small_parts` row; configs/tiny_small_parts.yaml's changes on top of the high-noise",
-            "run's: " + ", ".join(f"`{k}: {json.dumps(v)}`" for k, v in changes.items()) + ")",
-            "then starts from the high-noise run's moving average. With `train.part_loss_weight` w the tokens",
-            "the mask's eyes, brows, inner mouth and lips cover weigh 1 + w in the loss and the others 1 (mean 1",
-            "per face; `facemogle.flow.part_token_weights`), text-only samples included, whose mask the model",
-            "does not see: an eye is 2-4 of the 256 tokens, so a face drawn without one otherwise costs next to",
-            "nothing. Its moving average is what is exported.",
+            "run's: " + settings_words(changes) + ")",
+            "then starts from the high-noise run's moving average.",
+            *PART_LOSS_WORDS,
+            "Its moving average is what is exported.",
             "",
         ]
     lines += [
@@ -603,7 +649,7 @@ def model_card(report: dict, split, config) -> str:
         "",
         "## Known limits",
         "",
-        "- 128 px and 800 training faces, about 5.3 hours of 2 CPU cores: faces are rough, with patchy 4 x 4",
+        f"- 128 px and 800 training faces, {training_hours(stages):.1f} hours of 2 CPU cores to train: faces are rough, with patchy 4 x 4",
         "  texture where the model is unsure (the PCA codec has no decoder of its own to hide it) and little",
         "  variety; not a substitute for FLUX.1-dev.",
         "- Mask control is per token (8 x 8 px): small parts come out where the mask puts them, but their",
