@@ -269,11 +269,16 @@ def test_the_low_res_changes_are_the_diffusion_stage_s_own(tmp_path, synthetic_d
     monkeypatch.setattr(recipe, "trained_stage", fake_trained_stage)
     monkeypatch.setattr(recipe, "export_pipeline", lambda *args, **kwargs: None)
     monkeypatch.setattr(recipe.subprocess, "run", lambda *args, **kwargs: type("Done", (), {"returncode": 0})())
+    import yaml
+
+    values = yaml.safe_load((configs / "tiny.yaml").read_text(encoding="utf-8"))
+    values["data"]["root"] = str(synthetic_data)  # the recipe's config, without ../shared
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(values), encoding="utf-8")
     low_res, emphasis = tmp_path / "low.yaml", tmp_path / "emphasis.yaml"
     low_res.write_text("data.resolution: 64\ntrain.max_steps: 45\n", encoding="utf-8")
     emphasis.write_text("seed: 1\ntrain.max_steps: 18\ndata.empty_mask_dropout: 0.4\n", encoding="utf-8")
-    monkeypatch.chdir(configs.parent)
-    assert recipe.run_recipe(settings(tmp_path, config=configs / "tiny.yaml", data=synthetic_data, num_val=2,
+    assert recipe.run_recipe(settings(tmp_path, config=config, data=synthetic_data, num_val=2,
                                       low_res_config=low_res, emphasis_config=emphasis)) == 0
 
     first, second = seen["diffusion"], seen["emphasis"]
@@ -285,7 +290,7 @@ def test_the_low_res_changes_are_the_diffusion_stage_s_own(tmp_path, synthetic_d
     assert report["stages"]["diffusion"]["settings"] == {"data.resolution": 64, "train.max_steps": 45}
 
     seen.clear()  # without a low-resolution YAML stage 5 trains at tiny.yaml's size and steps
-    assert recipe.run_recipe(settings(tmp_path, config=configs / "tiny.yaml", data=synthetic_data, num_val=2)) == 0
+    assert recipe.run_recipe(settings(tmp_path, config=config, data=synthetic_data, num_val=2)) == 0
     assert (seen["diffusion"].data.resolution, seen["diffusion"].train.max_steps) == (128, 4200)
     assert "emphasis" not in seen
 
