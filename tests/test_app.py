@@ -73,8 +73,10 @@ def files(tmp_path_factory):
     (folder / "text.png").write_text("not an image")
     Image.fromarray(render_mask(ids)).save(folder / "full.png")
     (folder / "cut.png").write_bytes((folder / "full.png").read_bytes()[:2000])
+    # without ../shared: a smooth stand-in photo (the mask's colours, 400 x 300), not noise, whose
+    # every pixel a resampling would change
     photo = np.asarray(Image.open(REPO_PHOTO).convert("RGB")) if REPO_PHOTO.exists() else \
-        rng.integers(0, 255, (400, 300, 3), dtype=np.uint8)
+        np.asarray(Image.fromarray(render_mask(ids)).resize((300, 400), Image.Resampling.BILINEAR))
     Image.fromarray(photo).save(folder / "photo.png")
     return folder
 
