@@ -179,9 +179,11 @@ def test_model_card_describes_the_high_noise_stage_when_it_ran():
     report = recipe_report()
     assert "| high_noise |" not in model_card(report, split, config=None)
     report["stages"]["emphasis"] = {**STAGE, "settings": {}}
-    report["stages"]["high_noise"] = {**STAGE, "steps": 9, "settings": {"train.timestep_shift": 3.0}}
+    report["stages"]["high_noise"] = {**STAGE, "steps": 9, "settings": {"train.timestep_shift": 3.0},
+                                      "config": "runs/my_high_noise.yaml"}
     card = model_card(report, split, config=None)
     assert "| high_noise | 9 | 4 | 0.5 | 1.25 | 0.75 |" in card
+    assert "A high-noise run (`high_noise` row; runs/my_high_noise.yaml's changes on top" in card
     assert card.index("| emphasis |") < card.index("| high_noise |")  # in the order they ran
     assert "`train.timestep_shift: 3.0`" in card and "t' = s t / (1 + (s - 1) t)" in card
 
@@ -238,6 +240,7 @@ def test_a_follow_up_stage_starts_from_the_given_checkpoint_with_the_given_setti
     assert stage_config.model.init_checkpoint == str(tmp_path / "emphasis" / "final")
     assert stage_config.output_dir == str(tmp_path / "work" / "high_noise")
     assert report["settings"] == {"seed": 3, "train.timestep_shift": 3.0}
+    assert report["config"] == str(yaml_path)  # the card names the YAML the run used
     assert "high_noise" in PILOT_SHARES
 
     monkeypatch.setattr(recipe, "pilot_steps", lambda settings, overrides, stage, key, probe, threads: 5)
@@ -288,6 +291,7 @@ def test_the_low_res_changes_are_the_diffusion_stage_s_own(tmp_path, synthetic_d
     assert second.model.init_checkpoint == str(work / "diffusion" / "final")
     report = json.loads((work / "recipe_report.json").read_text(encoding="utf-8"))
     assert report["stages"]["diffusion"]["settings"] == {"data.resolution": 64, "train.max_steps": 45}
+    assert report["stages"]["diffusion"]["config"] == str(low_res)  # outside the working directory: as given
 
     seen.clear()  # without a low-resolution YAML stage 5 trains at tiny.yaml's size and steps
     assert recipe.run_recipe(settings(tmp_path, config=config, data=synthetic_data, num_val=2)) == 0
@@ -304,11 +308,14 @@ def test_model_card_describes_the_low_resolution_run_and_the_emphasis_run_s_loss
     assert "train.part_loss_weight" not in plain
     assert plain.count("Its moving average is what is exported.") == 1
 
-    report["stages"]["diffusion"] = {**STAGE, "settings": {"data.resolution": 64, "train.max_steps": 4500}}
+    report["stages"]["diffusion"] = {**STAGE, "settings": {"data.resolution": 64, "train.max_steps": 4500},
+                                     "config": "configs/tiny_low_res.yaml"}
     report["stages"]["emphasis"]["settings"].update({"train.timestep_shift": 2.0, "train.part_loss_weight": 2.0})
     card = model_card(report, split, config=None)
     assert "The diffusion run trains at 64 x 64 px (configs/tiny_low_res.yaml" in card
     assert "`data.resolution: 64`, `train.max_steps: 4500`): 8 x 8 image tokens" in card
+    del report["stages"]["diffusion"]["config"]  # a report from before the config was recorded
+    assert "The diffusion run trains at 64 x 64 px (its YAML's changes" in model_card(report, split, config=None)
     assert "With `train.timestep_shift` s the model trains at" in card
     assert "With `train.part_loss_weight` w the tokens" in card
     assert card.index("The diffusion run trains at 64") < card.index("A text-emphasis run")
@@ -320,3 +327,14 @@ def test_training_hours_add_up_every_stage_s_wall_time():
     stages = {"captions": {"seconds": 360.0}, "text": {"wall_s": 1800.0}, "diffusion": {"wall_s": 5040.0},
               "autoencoder": None}
     assert training_hours(stages) == pytest.approx(2.0)
+
+
+def test_shown_path_is_relative_to_the_working_directory_when_under_it(tmp_path, monkeypatch):
+    from facemogle.train.tiny_recipe import shown_path
+
+    (tmp_path / "configs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert shown_path(tmp_path / "configs" / "tiny_low_res.yaml") == "configs/tiny_low_res.yaml"
+    assert shown_path(Path("configs/tiny_low_res.yaml")) == "configs/tiny_low_res.yaml"
+    assert shown_path(Path("/elsewhere/x.yaml")) == "/elsewhere/x.yaml"
+    assert shown_path(None) is None

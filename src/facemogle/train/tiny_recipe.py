@@ -286,7 +286,8 @@ def follow_up_stage(settings: RecipeSettings, name: str, yaml_path: Path, overri
         steps = pilot_steps(settings, overrides, name, "train.max_steps", f"probe-{name}", threads)
         overrides.update({"train.lr_warmup_steps": min(planned.lr_warmup_steps, steps // 4)})
     config = load_config(settings.config, dict(overrides, **{"train.max_steps": steps}))
-    report = trained_stage(config, settings, name, threads, started, extra={"settings": read_overrides(yaml_path)})
+    report = trained_stage(config, settings, name, threads, started,
+                           extra={"settings": read_overrides(yaml_path), "config": shown_path(yaml_path)})
     return report, config
 
 
@@ -295,6 +296,17 @@ def follow_up_stages(settings: RecipeSettings) -> list[tuple[str, Path]]:
     stages = (("emphasis", settings.emphasis_config), ("high_noise", settings.high_noise_config),
               ("small_parts", settings.small_parts_config))
     return [(name, Path(path)) for name, path in stages if path is not None]
+
+
+def shown_path(path: Path | None) -> str | None:
+    """``path`` as the model card names it: relative to the working directory (the repository for
+    ``make tiny-model``) when it lies under it, else as given; ``None`` stays ``None``."""
+    if path is None:
+        return None
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def read_overrides(path: Path) -> dict:
@@ -402,7 +414,8 @@ def run_recipe(settings: RecipeSettings) -> int:
         stage_overrides.update({"train.lr_warmup_steps": min(base.train.lr_warmup_steps, steps // 4)})
     config = load_config(settings.config, dict(stage_overrides, **{"train.max_steps": steps}))
     report["stages"]["diffusion"] = trained_stage(config, settings, "diffusion", process_threads, started,
-                                                  with_cache_stats=True, extra={"settings": low_res})
+                                                  with_cache_stats=True,
+                                                  extra={"settings": low_res, "config": shown_path(settings.low_res_config)})
 
     final = Path(report["stages"]["diffusion"]["final_checkpoint"])
 
@@ -552,7 +565,7 @@ def model_card(report: dict, split, config) -> str:
     if "data.resolution" in low_res:
         size = low_res["data.resolution"]
         lines += [
-            f"The diffusion run trains at {size} x {size} px (configs/tiny_low_res.yaml's changes to configs/tiny.yaml:",
+            f"The diffusion run trains at {size} x {size} px ({stages['diffusion'].get('config') or 'its YAML'}'s changes to configs/tiny.yaml:",
             settings_words(low_res) + f"): {size // 8} x {size // 8} image tokens and as many condition tokens instead of",
             "16 x 16, so a step costs about a third (the steps/s below) and the run takes more of them in the same",
             "time; the face's layout and the mask's coarse parts are learnt there. The runs after it train at",
@@ -565,7 +578,7 @@ def model_card(report: dict, split, config) -> str:
 
         changes = stages["emphasis"].get("settings", {})
         lines += [
-            "A text-emphasis run (`emphasis` row; its YAML's changes to configs/tiny.yaml:",
+            f"A text-emphasis run (`emphasis` row; {stages['emphasis'].get('config') or 'its YAML'}'s changes to configs/tiny.yaml:",
             settings_words(changes) + ")",
             "then starts from the diffusion run's moving average with a new optimizer, schedule and moving",
             "average (its warm-up restarts): more samples with the empty mask, faces whose first caption",
@@ -593,7 +606,7 @@ def model_card(report: dict, split, config) -> str:
     if "high_noise" in stages:
         changes = stages["high_noise"].get("settings", {})
         lines += [
-            "A high-noise run (`high_noise` row; configs/tiny_high_noise.yaml's changes on top of the text-emphasis",
+            f"A high-noise run (`high_noise` row; {stages['high_noise'].get('config') or 'its YAML'}'s changes on top of the text-emphasis",
             "run's: " + settings_words(changes) + ")",
             "then starts from the text-emphasis run's moving average.",
             *TIMESTEP_SHIFT_WORDS,
@@ -602,7 +615,7 @@ def model_card(report: dict, split, config) -> str:
     if "small_parts" in stages:
         changes = stages["small_parts"].get("settings", {})
         lines += [
-            "A small-parts run (`small_parts` row; configs/tiny_small_parts.yaml's changes on top of the high-noise",
+            f"A small-parts run (`small_parts` row; {stages['small_parts'].get('config') or 'its YAML'}'s changes on top of the high-noise",
             "run's: " + settings_words(changes) + ")",
             "then starts from the high-noise run's moving average.",
             *PART_LOSS_WORDS,
