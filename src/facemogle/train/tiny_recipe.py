@@ -520,6 +520,11 @@ def training_hours(stages: dict) -> float:
     return sum(s.get("wall_s", s.get("seconds", 0.0)) for s in stages.values() if s) / 3600
 
 
+def run_yaml(stage: dict) -> str:
+    """The YAML of changes a run used, as its stage report records it ("its YAML" in older reports)."""
+    return stage.get("config") or "its YAML"
+
+
 def model_card(report: dict, split, config) -> str:
     """The exported model's ``MODEL_CARD.md``: data and licence, recipe (a row per training stage),
     parameter counts, why the text encoders are trained here, known limits. The "Metrics" section is
@@ -565,7 +570,7 @@ def model_card(report: dict, split, config) -> str:
     if "data.resolution" in low_res:
         size = low_res["data.resolution"]
         lines += [
-            f"The diffusion run trains at {size} x {size} px ({stages['diffusion'].get('config') or 'its YAML'}'s changes to configs/tiny.yaml:",
+            f"The diffusion run trains at {size} x {size} px ({run_yaml(stages['diffusion'])}'s changes to configs/tiny.yaml:",
             settings_words(low_res) + f"): {size // 8} x {size // 8} image tokens and as many condition tokens instead of",
             "16 x 16, so a step costs about a third (the steps/s below) and the run takes more of them in the same",
             "time; the face's layout and the mask's coarse parts are learnt there. The runs after it train at",
@@ -578,7 +583,7 @@ def model_card(report: dict, split, config) -> str:
 
         changes = stages["emphasis"].get("settings", {})
         lines += [
-            f"A text-emphasis run (`emphasis` row; {stages['emphasis'].get('config') or 'its YAML'}'s changes to configs/tiny.yaml:",
+            f"A text-emphasis run (`emphasis` row; {run_yaml(stages['emphasis'])}'s changes to configs/tiny.yaml:",
             settings_words(changes) + ")",
             "then starts from the diffusion run's moving average with a new optimizer, schedule and moving",
             "average (its warm-up restarts): more samples with the empty mask, faces whose first caption",
@@ -606,7 +611,7 @@ def model_card(report: dict, split, config) -> str:
     if "high_noise" in stages:
         changes = stages["high_noise"].get("settings", {})
         lines += [
-            f"A high-noise run (`high_noise` row; {stages['high_noise'].get('config') or 'its YAML'}'s changes on top of the text-emphasis",
+            f"A high-noise run (`high_noise` row; {run_yaml(stages['high_noise'])}'s changes on top of the text-emphasis",
             "run's: " + settings_words(changes) + ")",
             "then starts from the text-emphasis run's moving average.",
             *TIMESTEP_SHIFT_WORDS,
@@ -615,7 +620,7 @@ def model_card(report: dict, split, config) -> str:
     if "small_parts" in stages:
         changes = stages["small_parts"].get("settings", {})
         lines += [
-            f"A small-parts run (`small_parts` row; {stages['small_parts'].get('config') or 'its YAML'}'s changes on top of the high-noise",
+            f"A small-parts run (`small_parts` row; {run_yaml(stages['small_parts'])}'s changes on top of the high-noise",
             "run's: " + settings_words(changes) + ")",
             "then starts from the high-noise run's moving average.",
             *PART_LOSS_WORDS,
