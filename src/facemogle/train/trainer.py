@@ -48,7 +48,7 @@ from facemogle.sampling import Conditioning, predict_velocity
 from facemogle.train import checkpoint as ckpt
 from facemogle.train.config import TrainingConfig
 from facemogle.train.setup import (WEIGHT_DTYPES, TrainResult, build_lr_scheduler, build_optimizer, build_pipeline,
-                                   open_training_records, place_pipeline)
+                                   cpu_has_native_bf16, open_training_records, place_pipeline)
 from facemogle.train.train_log import TrainLog, write_sample_grid
 
 logger = logging.getLogger(__name__)
@@ -212,6 +212,10 @@ class Trainer:
             gradient_accumulation_steps=config.train.gradient_accumulation_steps,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
         )
+        if (config.train.mixed_precision == "bf16" and self.accelerator.device.type == "cpu"
+                and cpu_has_native_bf16() is False):
+            logger.warning("train.mixed_precision: bf16 on a CPU without native bfloat16 (no avx512_bf16 / amx_bf16 / "
+                           "bf16 flag): it may train slower than mixed_precision: \"no\"")
         self.resume_dir = self._resolve_resume(resume)
 
     # ------------------------------------------------------------------------------- setup
