@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facemogle.eval.text_control import (FACE_PARTS, MIN_PART_PIXELS, Sampler, agreement_table, parts_found,
-                                         share_with_every_part, text_control, text_only_faces)
+from facemogle.eval.text_control import (FACE_PARTS, MIN_PART_PIXELS, PROMPTS, Sampler, agreement_table, parts_found,
+                                         readback_table, share_with_every_part, text_control, text_only_faces)
 from facemogle.labels import class_id
 
 
@@ -142,3 +142,34 @@ def test_progress_bar_counts_every_image_drawn(capsys):
     assert "text-only faces" in capsys.readouterr().err
     text_control(Sampler(pipe, size=32), FakeParser(), samples=1)  # progress off: silent
     assert capsys.readouterr().err == ""
+
+
+def test_readback_table_counts_recall_and_false_alarms_per_prompted_value():
+    full = [{"necklace": True, "hair_colour": "black"}, {"necklace": True, "hair_colour": "blond"},
+            {"necklace": False, "hair_colour": "black"}, {"necklace": False, "hair_colour": None}]
+    small = [{"necklace": True, "hair_colour": "black"}, {"necklace": False, "hair_colour": "blond"},
+             {"necklace": True, "hair_colour": "brown"}, {"necklace": False, "hair_colour": None}]
+    table = readback_table(full, small)
+    assert table["necklace"]["true"] == {"faces": 2, "read_when_true": 0.5, "read_when_not": 0.5}
+    assert table["hair_colour"]["black"] == {"faces": 2, "read_when_true": 0.5, "read_when_not": 0.0}
+    assert table["hair_colour"]["brown"]["faces"] == 0 and math.isnan(table["hair_colour"]["brown"]["read_when_true"])
+    assert table["hair_colour"]["brown"]["read_when_not"] == 0.25
+    assert set(table) == set(PROMPTS)  # every prompted attribute, whether or not a photo has it
+    with pytest.raises(ValueError, match="same photos twice"):
+        readback_table(full, small[:3])
+
+
+def test_readback_ceiling_reads_each_photo_at_full_size_and_shrunk(monkeypatch):
+    import facemogle.eval.text_control as text_control_module
+
+    seen = []
+
+    def fake_read(parser, images):
+        seen.append([image.size for image in images])
+        return [{"hat": image.size[0] > 64} for image in images]  # the hat is lost when shrunk
+
+    monkeypatch.setattr(text_control_module, "read_attributes", fake_read)
+    photos = [Image.new("RGB", (256, 256))] * 3
+    table = text_control_module.readback_ceiling(object(), photos, size=64, batch=2)
+    assert seen == [[(256, 256)] * 2, [(64, 64)] * 2, [(256, 256)], [(64, 64)]]
+    assert table["hat"]["true"] == {"faces": 3, "read_when_true": 0.0, "read_when_not": pytest.approx(float("nan"), nan_ok=True)}

@@ -169,3 +169,41 @@ def agreement_table(read: dict) -> dict:
             "samples": len(rows),
         }
     return table
+
+
+def readback_table(full_size: list[dict], shrunk: list[dict]) -> dict:
+    """Per attribute value that :data:`PROMPTS` asks for: ``faces`` = photos read as that value at full
+    size; ``read_when_true`` = the share of them read as it again when shrunk (the captioner's recall at
+    that size, taking its full-size reading as the truth); ``read_when_not`` = the share of the other
+    photos read as it when shrunk (false alarms). ``full_size`` and ``shrunk``: the attribute dicts of
+    the same photos, in the same order (:func:`read_attributes`)."""
+    if len(full_size) != len(shrunk):
+        raise ValueError(f"readback_table needs the same photos twice, got {len(full_size)} and {len(shrunk)}")
+    table: dict = {}
+    for attribute, values in PROMPTS.items():
+        for value in values:
+            true = [s.get(attribute) == value for f, s in zip(full_size, shrunk) if f.get(attribute) == value]
+            other = [s.get(attribute) == value for f, s in zip(full_size, shrunk) if f.get(attribute) != value]
+            table.setdefault(attribute, {})[str(value).lower() if isinstance(value, bool) else value] = {
+                "faces": len(true),
+                "read_when_true": float(np.mean(true)) if true else float("nan"),
+                "read_when_not": float(np.mean(other)) if other else float("nan"),
+            }
+    return table
+
+
+def readback_ceiling(parser, photos, size: int, batch: int = 16, progress: bool = False) -> dict:
+    """The ceiling of text-control agreement at ``size`` px: how often the project's parser + captioner
+    read each attribute back from REAL photos shrunk to ``size`` x ``size`` (Lanczos), against their
+    reading of the same photos at full size (:func:`readback_table`). A value the captioner seldom sees
+    in a real photo of that size (a thin necklace) cannot be shown to follow the prompt there either.
+    ``photos``: image paths or PIL images (opened one batch at a time)."""
+    from tqdm.auto import tqdm
+
+    full_size, shrunk = [], []
+    for start in tqdm(range(0, len(photos), batch), desc="read-back", unit="batch", disable=not progress):
+        images = [p if isinstance(p, Image.Image) else Image.open(p) for p in photos[start:start + batch]]
+        images = [image.convert("RGB") for image in images]
+        full_size += read_attributes(parser, images)
+        shrunk += read_attributes(parser, [image.resize((size, size), Image.Resampling.LANCZOS) for image in images])
+    return readback_table(full_size, shrunk)
