@@ -149,6 +149,11 @@ def text_control(sampler: Sampler, parser, samples: int = 16, masks: list | None
     return result
 
 
+def value_key(value) -> str:
+    """An attribute value as the tables key it: yes/no values as ``"true"`` / ``"false"`` (JSON-safe)."""
+    return str(value).lower() if isinstance(value, bool) else value
+
+
 def agreement_table(read: dict) -> dict:
     """``read``: (attribute, prompted value) -> read-back attribute dicts. Per (attribute, value):
     agreement = share read back as the value; chance = share read back as it among the samples of
@@ -163,7 +168,7 @@ def agreement_table(read: dict) -> dict:
         others = [r for (a, v), rs in read.items() if (a, v) != (attribute, value)
                   and (a == attribute or single) for r in rs]
         match = lambda r: r.get(attribute) == value  # noqa: E731
-        table.setdefault(attribute, {})[str(value).lower() if isinstance(value, bool) else value] = {
+        table.setdefault(attribute, {})[value_key(value)] = {
             "agreement": float(np.mean([match(r) for r in rows])) if rows else float("nan"),
             "chance": float(np.mean([match(r) for r in others])) if others else float("nan"),
             "samples": len(rows),
@@ -184,7 +189,7 @@ def readback_table(full_size: list[dict], shrunk: list[dict]) -> dict:
         for value in values:
             true = [s.get(attribute) == value for f, s in zip(full_size, shrunk) if f.get(attribute) == value]
             other = [s.get(attribute) == value for f, s in zip(full_size, shrunk) if f.get(attribute) != value]
-            table.setdefault(attribute, {})[str(value).lower() if isinstance(value, bool) else value] = {
+            table.setdefault(attribute, {})[value_key(value)] = {
                 "faces": len(true),
                 "read_when_true": float(np.mean(true)) if true else float("nan"),
                 "read_when_not": float(np.mean(other)) if other else float("nan"),
