@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from facemogle.eval.text_control import (FACE_PARTS, MIN_PART_PIXELS, PROMPTS, Sampler, agreement_table, parts_found,
-                                         readback_table, share_with_every_part, text_control, text_only_faces)
+                                         readback_table, share_showing, share_with_every_part, text_control, text_only_faces)
 from facemogle.labels import class_id
 
 
@@ -99,6 +99,18 @@ def test_text_only_faces_counts_and_seeds():
 def test_share_with_every_part_reads_the_parses():
     assert share_with_every_part(FakeParser(missing_every=5), [Image.new("RGB", (8, 8))] * 10) == pytest.approx(0.8)
     assert math.isnan(share_with_every_part(FakeParser(), []))
+
+
+def test_share_showing_counts_maps_whose_classes_cover_enough_pixels():
+    bare = np.zeros((16, 16), np.uint8)
+    left, right, split = bare.copy(), bare.copy(), bare.copy()
+    left[:1, :MIN_PART_PIXELS] = class_id("left ear")                # exactly enough
+    right[:1, :MIN_PART_PIXELS - 1] = class_id("right ear")          # one pixel short
+    split[:1, :2], split[1:2, :3] = class_id("left ear"), class_id("right ear")  # enough only together
+    assert share_showing([left, right, split, bare]) == pytest.approx(0.5)
+    assert share_showing([right], min_pixels=MIN_PART_PIXELS - 1) == 1.0
+    assert share_showing([left], classes=("hair",)) == 0.0
+    assert math.isnan(share_showing([]))
 
 
 def test_text_control_pairs_seeds_and_masks():

@@ -49,6 +49,9 @@ PROMPTS: dict[str, dict] = {
 MASK_FREE = ("hair_colour", "background_colour")
 #: Images per pipeline call.
 BATCH = 4
+#: The ear classes: an earring hangs on an ear, so a face must show one to wear earrings
+#: (:func:`share_showing`, ``scripts/ear_visibility.py``).
+EAR_CLASSES = ("left ear", "right ear")
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,16 @@ def share_with_every_part(parser, images: list[Image.Image]) -> float:
     ceiling of :func:`text_only_faces` when ``images`` are real photos at the same size)."""
     found = [all(parts_found(ids).values()) for ids in parser.parse(images)]
     return float(np.mean(found)) if found else float("nan")
+
+
+def share_showing(id_maps, classes: tuple[str, ...] = EAR_CLASSES, min_pixels: int = MIN_PART_PIXELS) -> float:
+    """Share of (H, W) class-id maps in which ``classes`` together cover at least ``min_pixels``
+    (NaN for none): e.g. the parses of text-only faces with an ear showing, against real masks."""
+    from facemogle.labels import class_id
+
+    ids = [class_id(name) for name in classes]
+    shown = [int(np.isin(np.asarray(m), ids).sum()) >= min_pixels for m in id_maps]
+    return float(np.mean(shown)) if shown else float("nan")
 
 
 def counting(sampler: Sampler, total: int, description: str, progress: bool):
