@@ -13,6 +13,10 @@ Two measurements of a model, both read back with the project's own face parser a
   for an attribute with one prompt, a prompt about something else). Samples are paired: sample
   ``k`` of every prompt uses seed ``seed + k`` (and, with masks, mask ``k``).
 
+Two diagnoses beside them: :func:`readback_ceiling` (how often the parser + captioner read a value
+back from real photos shrunk to the model's size: the table's ceiling) and :func:`share_showing`
+(how often a set of parses or masks shows a part at all, e.g. the ear an earring needs).
+
 Generated images are marked nowhere (``watermark=False``): they are scored and dropped.
 """
 
@@ -24,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from facemogle.face_parts import FACE_PARTS, MIN_PART_PIXELS, parts_found  # noqa: F401 (re-exported)
+from facemogle.labels import class_id
 
 #: Hair colours asked for: the ones with more than 50 training faces (the captioner also names
 #: red, grey and white, each on a handful of the 800).
@@ -93,8 +98,6 @@ def share_with_every_part(parser, images: list[Image.Image]) -> float:
 def share_showing(id_maps, classes: tuple[str, ...] = EAR_CLASSES, min_pixels: int = MIN_PART_PIXELS) -> float:
     """Share of (H, W) class-id maps in which ``classes`` together cover at least ``min_pixels``
     (NaN for none): e.g. the parses of text-only faces with an ear showing, against real masks."""
-    from facemogle.labels import class_id
-
     ids = [class_id(name) for name in classes]
     shown = [int(np.isin(np.asarray(m), ids).sum()) >= min_pixels for m in id_maps]
     return float(np.mean(shown)) if shown else float("nan")
