@@ -23,6 +23,14 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="also write the table here")
     args = p.parse_args(argv)
+    if args.json:  # a bad output path is refused before minutes of work, not after
+        from facemogle.cli.checks import output_file
+        from facemogle.errors import InputError
+
+        try:
+            output_file("--json", args.json, (".json",))
+        except InputError as error:
+            p.error(str(error))
 
     import torch
 

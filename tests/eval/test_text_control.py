@@ -186,3 +186,18 @@ def test_readback_ceiling_reads_each_photo_at_full_size_and_shrunk(monkeypatch):
     assert seen == [[(256, 256)] * 2, [(64, 64)] * 2, [(256, 256)], [(64, 64)]]
     assert (table["hat"]["true"]["faces"], table["hat"]["true"]["read_when_true"]) == (3, 0.0)
     assert math.isnan(table["hat"]["true"]["read_when_not"])  # no photo without a hat at full size
+
+
+@pytest.mark.parametrize("script", ["attribute_readback.py", "ear_visibility.py"])
+def test_the_diagnosis_scripts_refuse_a_bad_json_path_before_any_work(script, tmp_path):
+    """Both scripts take minutes; a --json they could not write is a one-line error (exit 2) first,
+    with nothing loaded (--data points nowhere: reading it would be a different error)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / script
+    for bad, says in ((tmp_path / "table.txt", "must end in .json"), (tmp_path / "no" / "t.json", "does not exist")):
+        run = subprocess.run([sys.executable, str(path), "--data", str(tmp_path / "absent"), "--json", str(bad)],
+                             capture_output=True, text=True)
+        assert run.returncode == 2 and says in run.stderr.strip().splitlines()[-1], run.stderr
